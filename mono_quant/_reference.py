@@ -1,0 +1,122 @@
+"""Pure-torch twin of every C kernel.
+
+These functions define the exact arithmetic the C kernels must reproduce: the tests compare
+the two bit for bit, and tensors the C side cannot take (CUDA, other devices) run here.
+All math is done in float32 in the same order as the C code, so results agree exactly.
+
+Layout convention shared with ``csrc/mono_quant.h``: a tensor quantized per channel along
+``axis`` is viewed as ``[outer, channels, inner]``; per-tensor is ``channels == 1``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Smallest scale a quantizer hands out: keeps 1/scale finite for all-zero channels
+# without flattening channels whose values are tiny but not zero (FLT_MIN in C).
+MIN_SCALE = torch.finfo(torch.float32).tiny
+
+INT8_RANGES = {torch.int8: (-128, 127), torch.uint8: (0, 255)}
+
+
+def as_channels(x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """View ``x`` as ``[outer, channels, inner]`` (``channels == 1`` for ``axis=None``)."""
+    if axis is None:
+        return x.reshape(1, 1, x.numel())
+    axis = axis % x.dim()
+    outer = math.prod(x.shape[:axis])
+    inner = math.prod(x.shape[axis + 1 :])
+    return x.reshape(outer, x.shape[axis], inner)
+
+
+def check_finite(x: torch.Tensor, name: str = "x") -> None:
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError(
+            f"argument '{name}' contains NaN or Inf: quantization needs finite values; "
+            "replace them (torch.nan_to_num) or leave this layer unquantized"
+        )
+
+
+def minmax(x3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel min and max (float32, shape ``[channels]``) of ``x3 = [outer, C, inner]``."""
+    check_finite(x3)
+    if x3.numel() == 0:
+        raise ValueError("argument 'x' is empty: min/max of an empty tensor is undefined")
+    xt = x3.float().transpose(0, 1).reshape(x3.shape[1], -1)
+    return xt.amin(dim=1), xt.amax(dim=1)
+
+
+def qparams(
+    mn: torch.Tensor, mx: torch.Tensor, qmin: int, qmax: int, symmetric: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale (float32) and zero point (int32) from per-channel ranges.
+
+    symmetric:  scale = max(|min|, |max|) / ((qmax - qmin) // 2), zero point at the middle
+                of the range (0 for int8, 128 for uint8).
+    asymmetric: the range is widened to include 0, scale = (max - min) / (qmax - qmin),
+                zero_point = qmin - round(min / scale), clamped to [qmin, qmax].
+    Both clamp the scale to at least ``MIN_SCALE`` before the zero point is computed.
+    """
+    mn = mn.float()
+    mx = mx.float()
+    check_finite(mn, "min")
+    check_finite(mx, "max")
+    if bool((mn > mx).any()):
+        raise ValueError("argument 'min' is greater than 'max' for some channel")
+    if symmetric:
+        amax = torch.maximum(mn.abs(), mx.abs())
+        scale = amax / float((qmax - qmin) // 2)
+        scale = torch.clamp_min(scale, MIN_SCALE)
+        zp = torch.full_like(scale, (qmin + qmax + 1) // 2, dtype=torch.int32)
+        return scale, zp
+    lo = torch.clamp_max(mn, 0.0)
+    hi = torch.clamp_min(mx, 0.0)
+    scale = (hi - lo) / float(qmax - qmin)
+    scale = torch.clamp_min(scale, MIN_SCALE)
+    zp = qmin - torch.round(lo / scale)
+    zp = torch.clamp(zp, qmin, qmax).to(torch.int32)
+    return scale, zp
+
+
+def quantize(
+    x3: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qdtype: torch.dtype
+) -> torch.Tensor:
+    """q = clamp(round_half_even(x / scale) + zp, qmin, qmax), per channel of ``[outer, C, inner]``."""
+    check_finite(x3)
+    qmin, qmax = INT8_RANGES[qdtype]
+    s = scale.float().reshape(1, -1, 1)
+    z = zp.to(torch.int32).reshape(1, -1, 1).float()
+    q = torch.round(x3.float() / s) + z
+    return torch.clamp(q, qmin, qmax).to(qdtype)
+
+
+def dequantize(
+    q3: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, out_dtype: torch.dtype
+) -> torch.Tensor:
+    """x = (q - zp) * scale in float32, then rounded (to nearest even) to ``out_dtype``."""
+    s = scale.float().reshape(1, -1, 1)
+    z = zp.to(torch.int32).reshape(1, -1, 1)
+    return ((q3.to(torch.int32) - z).float() * s).to(out_dtype)
+
+
+def sqnr(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio in dB of ``y`` as an approximation of ``x``.
+
+    ``+inf`` when ``y == x`` exactly; ``-inf`` when the signal is zero but the noise is not.
+    Accumulates in float64.
+    """
+    if x.shape != y.shape:
+        raise ValueError(f"sqnr needs tensors of one shape; got {tuple(x.shape)} and {tuple(y.shape)}")
+    check_finite(x, "x")
+    check_finite(y, "y")
+    xd = x.double().reshape(-1)
+    yd = y.double().reshape(-1)
+    signal = float((xd * xd).sum())
+    noise = float(((xd - yd) ** 2).sum())
+    if noise == 0.0:
+        return math.inf
+    if signal == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
