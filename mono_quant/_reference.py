@@ -73,7 +73,10 @@ def qparams(
         return scale, zp
     lo = torch.clamp_max(mn, 0.0)
     hi = torch.clamp_min(mx, 0.0)
-    scale = (hi - lo) / float(qmax - qmin)
+    levels = float(qmax - qmin)
+    scale = (hi - lo) / levels
+    # hi - lo can overflow float32 for huge ranges; the split form cannot
+    scale = torch.where(torch.isinf(scale), hi / levels - lo / levels, scale)
     scale = torch.clamp_min(scale, MIN_SCALE)
     zp = qmin - torch.round(lo / scale)
     zp = torch.clamp(zp, qmin, qmax).to(torch.int32)

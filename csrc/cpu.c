@@ -1,0 +1,56 @@
+/*
+ * cpu.c : which SIMD paths this CPU and OS can run.  CPUID says what the core implements;
+ * XGETBV says whether the OS saves the wide registers across context switches.  Both are
+ * needed: an AVX-512 core under an OS that does not save ZMM state must not use AVX-512.
+ * MONO_QUANT_DISABLE_SIMD=1 in the environment forces the portable path (tests use it).
+ */
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mono_quant.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+
+static uint64_t read_xcr0(void) {
+  uint32_t lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return ((uint64_t)hi << 32) | lo;
+}
+
+static unsigned detect(void) {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+  const int has_osxsave = (c >> 27) & 1, has_fma = (c >> 12) & 1, has_f16c = (c >> 29) & 1;
+  const int has_avx = (c >> 28) & 1;
+  if (!has_osxsave || !has_avx) return 0;
+  const uint64_t xcr0 = read_xcr0();
+  const int os_ymm = (xcr0 & 0x6) == 0x6;   /* SSE and AVX state */
+  const int os_zmm = (xcr0 & 0xe6) == 0xe6; /* plus opmask and both ZMM halves */
+  if (__get_cpuid_max(0, NULL) < 7) return 0;
+  __cpuid_count(7, 0, a, b, c, d);
+  const int has_avx2 = (b >> 5) & 1;
+  const int has_avx512 = ((b >> 16) & 1) && ((b >> 17) & 1) && ((b >> 30) & 1) && ((b >> 31) & 1);
+  const int has_vnni = (c >> 11) & 1;
+  unsigned features = 0;
+  if (os_ymm && has_avx2 && has_fma && has_f16c) features |= MQ_CPU_AVX2;
+  if ((features & MQ_CPU_AVX2) && os_zmm && has_avx512) features |= MQ_CPU_AVX512;
+  if ((features & MQ_CPU_AVX512) && has_vnni) features |= MQ_CPU_VNNI;
+  return features;
+}
+#else
+static unsigned detect(void) { return 0; }
+#endif
+
+/* The CPU-feature cache: written once, the same value by whichever thread gets there. */
+static atomic_uint cached = 0; /* bit 31 marks "detected" */
+
+unsigned mq_cpu_detect(void) {
+  unsigned v = atomic_load(&cached);
+  if (v & 0x80000000u) return v & 0x7fffffffu;
+  const char *off = getenv("MONO_QUANT_DISABLE_SIMD");
+  unsigned features = (off && *off && strcmp(off, "0") != 0) ? 0u : detect();
+  atomic_store(&cached, features | 0x80000000u);
+  return features;
+}

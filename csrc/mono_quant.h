@@ -1,0 +1,124 @@
+/*
+ * mono_quant.h : the C API of mono_quant's kernels.
+ *
+ * Every kernel takes raw pointers to contiguous row-major data plus sizes, writes into
+ * memory its caller allocated, and returns an mq_status (MQ_OK == 0).  No kernel allocates
+ * in its hot loop, touches Python, aborts or exits.  The Python module (module.c) checks
+ * DLPack tensors, calls these, and turns each status into one Python exception.
+ *
+ * Layout convention: a tensor quantized per channel is viewed as [outer, channels, inner]
+ * (row-major); channel c owns the elements x[o][c][i] for all o, i.  Per-tensor
+ * quantization is channels == 1.
+ *
+ * Numerics (bit-identical to the torch reference mono_quant/_reference.py):
+ *   float32 arithmetic, no fused multiply-add, round half to even, and every output element
+ *   computed by one thread in a fixed order, so results do not depend on the thread count.
+ *
+ * Threads: `num_threads` is an upper bound (pass torch.get_num_threads()); 1 runs on the
+ * calling thread.  Small problems run single-threaded regardless.
+ */
+#ifndef MONO_QUANT_H
+#define MONO_QUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- status codes --------------------------------------------------------------------- */
+typedef enum {
+  MQ_OK = 0,
+  MQ_ERR_ARG = 1,       /* an argument is out of its documented range */
+  MQ_ERR_DTYPE = 2,     /* a tensor has a dtype this kernel does not take */
+  MQ_ERR_DEVICE = 3,    /* a tensor is not in CPU memory */
+  MQ_ERR_SHAPE = 4,     /* shapes do not agree with each other or with the contract */
+  MQ_ERR_LAYOUT = 5,    /* a tensor is not contiguous row-major, or is misaligned */
+  MQ_ERR_NONFINITE = 6, /* NaN or Inf where the kernel needs finite values */
+  MQ_ERR_NOMEM = 7,     /* a scratch allocation failed */
+  MQ_ERR_THREAD = 8,    /* the thread pool could not start a thread */
+  MQ_ERR_READONLY = 9,  /* an output tensor is marked read-only */
+} mq_status;
+
+/*! mq_status_name() : @return a static string naming `status` ("MQ_ERR_SHAPE", ...). */
+const char *mq_status_name(mq_status status);
+
+/* ---- element types -------------------------------------------------------------------- */
+typedef enum {
+  MQ_F32 = 0,
+  MQ_F16 = 1,  /* IEEE binary16 */
+  MQ_BF16 = 2, /* bfloat16 */
+  MQ_I8 = 3,
+  MQ_U8 = 4,
+  MQ_I32 = 5,
+  MQ_DTYPE_COUNT
+} mq_dtype;
+
+/*! mq_dtype_name() : @return "float32", "float16", ... as torch spells them. */
+const char *mq_dtype_name(mq_dtype dtype);
+/*! mq_dtype_size() : @return bytes per element. */
+size_t mq_dtype_size(mq_dtype dtype);
+
+/* ---- CPU features --------------------------------------------------------------------- */
+enum {
+  MQ_CPU_AVX2 = 1u << 0,   /* AVX2 + FMA + F16C, and the OS saves YMM state */
+  MQ_CPU_AVX512 = 1u << 1, /* AVX-512 F/BW/VL/DQ, and the OS saves ZMM state */
+  MQ_CPU_VNNI = 1u << 2,   /* AVX-512 VNNI (vpdpbusd) */
+};
+/*! mq_cpu_detect() : @return the MQ_CPU_* bits this CPU and OS support (CPUID + XGETBV).
+ *  Detection runs once; the result is cached. */
+unsigned mq_cpu_detect(void);
+
+/* ---- reductions (metrics.c) ----------------------------------------------------------- */
+/*! mq_minmax() :
+ *  Per-channel minimum and maximum of x viewed as [outer, channels, inner].
+ *  x: dtype F32, F16 or BF16.  out_min, out_max: float[channels].
+ *  @return MQ_ERR_NONFINITE if x holds NaN or Inf, MQ_ERR_SHAPE if any size is 0. */
+mq_status mq_minmax(const void *x, mq_dtype dtype, int64_t outer, int64_t channels,
+                    int64_t inner, float *out_min, float *out_max, int num_threads);
+
+/*! mq_sqnr() :
+ *  SQNR in dB of y as an approximation of x (n elements each, dtypes F32/F16/BF16, may
+ *  differ): 10*log10(sum x^2 / sum (x-y)^2) accumulated in double over fixed 4096-element
+ *  chunks summed in order, so the result does not depend on the thread count.
+ *  *out_db = +INFINITY when x == y, -INFINITY when x is all zero and y is not.
+ *  @return MQ_ERR_NONFINITE if x or y holds NaN or Inf. */
+mq_status mq_sqnr(const void *x, mq_dtype x_dtype, const void *y, mq_dtype y_dtype, int64_t n,
+                  double *out_db, int num_threads);
+
+/* ---- scale and zero point (qparams.c) ------------------------------------------------- */
+/*! mq_qparams() :
+ *  Scale and zero point for n channels with ranges [min[c], max[c]] and integer range
+ *  [qmin, qmax] (e.g. -128..127 or 0..255).
+ *    symmetric:  scale = max(|min|,|max|) / ((qmax-qmin)/2),  zero_point = (qmin+qmax+1)/2
+ *    asymmetric: lo = min(min,0), hi = max(max,0), scale = (hi-lo)/(qmax-qmin),
+ *                zero_point = clamp(qmin - round_half_even(lo/scale), qmin, qmax)
+ *  In both, scale is clamped to >= FLT_MIN before the zero point is computed, so a
+ *  zero-range channel gets a finite, positive scale.
+ *  @return MQ_ERR_NONFINITE for NaN/Inf ranges, MQ_ERR_ARG if min > max or qmin >= qmax. */
+mq_status mq_qparams(const float *min, const float *max, int64_t n, int32_t qmin, int32_t qmax,
+                     int symmetric, float *scale, int32_t *zero_point);
+
+/* ---- INT8 (int8.c) -------------------------------------------------------------------- */
+/*! mq_int8_quantize() :
+ *  q[o][c][i] = clamp(round_half_even(x[o][c][i] / scale[c]) + zero_point[c], qmin, qmax)
+ *  with (qmin, qmax) = (-128, 127) for q_dtype MQ_I8 and (0, 255) for MQ_U8.
+ *  x: F32, F16 or BF16 [outer, channels, inner]; scale: float[channels], each finite and > 0;
+ *  zero_point: int32[channels].
+ *  @return MQ_ERR_NONFINITE if x holds NaN/Inf, MQ_ERR_ARG for a bad scale. */
+mq_status mq_int8_quantize(const void *x, mq_dtype x_dtype, int64_t outer, int64_t channels,
+                           int64_t inner, const float *scale, const int32_t *zero_point,
+                           void *q, mq_dtype q_dtype, int num_threads);
+
+/*! mq_int8_dequantize() :
+ *  out[o][c][i] = float(q[o][c][i] - zero_point[c]) * scale[c], rounded to nearest even
+ *  into out_dtype (F32, F16 or BF16).  q: MQ_I8 or MQ_U8 [outer, channels, inner]. */
+mq_status mq_int8_dequantize(const void *q, mq_dtype q_dtype, int64_t outer, int64_t channels,
+                             int64_t inner, const float *scale, const int32_t *zero_point,
+                             void *out, mq_dtype out_dtype, int num_threads);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MONO_QUANT_H */
