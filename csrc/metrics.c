@@ -41,8 +41,8 @@ static int reduce_run(const void *x, mq_dtype dtype, int64_t start, int64_t len,
     MQ_REDUCE_LOOP(mq_bf16_to_f32(p[j]))
   }
 #undef MQ_REDUCE_LOOP
-  *lo = l;
-  *hi = h;
+  *lo = l + 0.0f; /* + 0.0f turns -0.0 into +0.0: which zero wins a comparison is unspecified */
+  *hi = h + 0.0f;
   return finite;
 }
 

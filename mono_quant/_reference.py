@@ -45,7 +45,8 @@ def minmax(x3: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if x3.numel() == 0:
         raise ValueError("argument 'x' is empty: min/max of an empty tensor is undefined")
     xt = x3.float().transpose(0, 1).reshape(x3.shape[1], -1)
-    return xt.amin(dim=1), xt.amax(dim=1)
+    # + 0.0 canonicalises -0.0 to +0.0, as the C kernel does (which zero wins is unspecified)
+    return xt.amin(dim=1) + 0.0, xt.amax(dim=1) + 0.0
 
 
 def qparams(

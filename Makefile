@@ -1,0 +1,68 @@
+# mono_quant: the two commands a new machine needs are `make demo` and `make test`.
+# Both create .venv, install torch (the CPU build: torch==2.13.0) and the dependencies
+# listed in pyproject.toml, and build the C extension in place before running.
+
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+DEPS_STAMP := $(VENV)/.deps-installed
+TORCH_SPEC ?= torch==2.13.0
+BUILD_DIR := build/dev
+ASAN_DIR := build/asan
+ASAN_PKG := build/asan-pkg
+# The kernel tests that also run under AddressSanitizer + UBSan.
+KERNEL_TESTS ?= $(wildcard tests/test_kernels*.py tests/test_int4.py tests/test_linear_kernels.py)
+PYTEST_ARGS ?=
+
+.PHONY: all venv build demo test test-main test-asan wheel clean
+
+all: build
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+
+# Torch first and pinned, so nothing later can pull a CUDA build; then the extras.
+$(DEPS_STAMP): pyproject.toml | $(VPY)
+	$(VPY) -m pip install -q "$(TORCH_SPEC)"
+	$(VPY) scripts/extras.py test demo safetensors build > $(VENV)/requirements.txt
+	$(VPY) -m pip install -q -r $(VENV)/requirements.txt
+	touch $@
+
+venv: $(DEPS_STAMP)
+
+# In-place build: the extension lands next to the Python sources (mono_quant/_C.abi3.so).
+build: $(DEPS_STAMP)
+	$(VPY) -m cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release \
+		-DPython_EXECUTABLE=$(abspath $(VPY)) > /dev/null
+	$(VPY) -m cmake --build $(BUILD_DIR)
+	cp $(BUILD_DIR)/_C*.so mono_quant/
+
+demo: build
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONPATH=$(CURDIR) $(VPY) -m mono_quant.demo
+
+test: test-main test-asan
+
+test-main: build
+	MONO_QUANT_REQUIRE_C=1 PYTHONPATH=$(CURDIR) $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+# The same kernels built with -fsanitize=address,undefined, run by the kernel tests; any
+# report aborts the run.  Python itself is not sanitized, so the runtime is preloaded.
+test-asan: $(DEPS_STAMP)
+	$(VPY) -m cmake -S . -B $(ASAN_DIR) -G Ninja -DMQ_SANITIZE=ON \
+		-DPython_EXECUTABLE=$(abspath $(VPY)) > /dev/null
+	$(VPY) -m cmake --build $(ASAN_DIR)
+	rm -rf $(ASAN_PKG) && mkdir -p $(ASAN_PKG)
+	cp -r mono_quant $(ASAN_PKG)/ && rm -f $(ASAN_PKG)/mono_quant/_C*.so
+	cp $(ASAN_DIR)/_C*.so $(ASAN_PKG)/mono_quant/
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so)" \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	MONO_QUANT_REQUIRE_C=1 PYTHONPATH=$(abspath $(ASAN_PKG)) \
+		$(VENV)/bin/pytest -q -p no:cacheprovider $(KERNEL_TESTS)
+
+# A wheel as users get it from `pip install .` (abi3: one wheel for CPython >= 3.10).
+wheel: $(DEPS_STAMP)
+	$(VPY) -m pip wheel -q --no-deps --no-build-isolation -w build/wheel .
+
+clean:
+	rm -rf build mono_quant/_C*.so
