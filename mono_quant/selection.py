@@ -69,16 +69,15 @@ def type_matches(cls: type[nn.Module], spec: TypeSpec) -> bool:
 
 
 def parameter_owners(model: nn.Module) -> dict[int, list[str]]:
-    """``id(parameter)`` -> names of every module holding it directly (more than one = tied).
+    """``id(parameter)`` -> the names of the distinct modules holding it directly (more than
+    one = tied weights; one module reachable under two names counts once).
 
     >>> owners = parameter_owners(model)
     """
     owners: dict[int, list[str]] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
+    for name, module in model.named_modules():
         for param in module.parameters(recurse=False):
-            holders = owners.setdefault(id(param), [])
-            if name not in holders:
-                holders.append(name)
+            owners.setdefault(id(param), []).append(name)
     return owners
 
 
