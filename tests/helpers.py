@@ -23,7 +23,7 @@ def make_cnn() -> nn.Sequential:
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
+    return float(nn.functional.cosine_similarity(a.detach().flatten().double(), b.detach().flatten().double(), dim=0))
 
 
 def snapshot(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[tuple[str, type]], bool]:
