@@ -87,7 +87,7 @@ def module_skip_reason(
     """Why ``module`` (called ``name`` in the model) stays as it is, or None to convert it.
 
     >>> module_skip_reason("embed", nn.Embedding(10, 4), Int8Scheme(QuantizationConfig()))
-    'Embedding layers stay float (embeddings and normalization layers are not quantized by default)'
+    'Embedding stays float (embeddings and norms are not quantized by default)'
     """
     config = scheme.config
     return (
@@ -137,7 +137,7 @@ def _type_reason(cls: type[nn.Module], config: QuantizationConfig, scheme: Schem
     if scheme.whole_model:
         return None
     if not chosen and issubclass(cls, DEFAULT_FLOAT_TYPES):
-        return f"{cls.__name__} layers stay float (embeddings and normalization layers are not quantized by default)"
+        return f"{cls.__name__} stays float (embeddings and norms are not quantized by default)"
     if cls not in scheme.supported_types:
         supported = ", ".join(t.__name__ for t in scheme.supported_types)
         parent = next((t for t in scheme.supported_types if issubclass(cls, t)), None)
@@ -175,6 +175,8 @@ def _values_reason(tensors: Mapping[str, torch.Tensor], whole_model: bool) -> st
     for key, tensor in tensors.items():
         if not tensor.is_floating_point():
             continue
+        if tensor.is_meta:
+            return f"'{key}' is on the meta device (its values were never loaded); load the weights first"
         if tensor.numel() == 0 and not whole_model:
             return f"'{key}' is empty (shape {tuple(tensor.shape)})"
         if not bool(torch.isfinite(tensor.detach()).all()):

@@ -80,7 +80,7 @@ def test_str_is_a_readable_table():
     assert "Linear" in row and "int8 per-channel symmetric" in row and "32.5 KiB -> 9.5 KiB" in row
     assert f"{info.layers['0'].sqnr_db:.1f} dB" in row and "quantized (good)" in row
     norm = next(line for line in lines if line.startswith("2 "))
-    assert "LayerNorm" in norm and "skipped: LayerNorm layers stay float" in norm
+    assert "LayerNorm" in norm and "skipped: LayerNorm stays float" in norm
     assert info.total_bytes_before == (64 * 128 + 128 + 2 * 128 + 128 * 32 + 32) * 4 + 144
     assert info.total_bytes_after == (64 * 128 + 3 * 128 * 4) + 2 * 128 * 4 + (128 * 32 + 3 * 32 * 4) + 72
     assert "Total: 49.8 KiB -> 14.9 KiB (3.33x), 3 of 4 layers quantized" in text

@@ -86,7 +86,7 @@ def test_default_float_types_stay_float(float_type):
     qmodel, info = dynamic_quantize(model, min_params=0)
     assert type(qmodel[0]) is float_type
     assert info.skipped["0"] == (
-        f"{float_type.__name__} layers stay float (embeddings and normalization layers are not quantized by default)"
+        f"{float_type.__name__} stays float (embeddings and norms are not quantized by default)"
     )
     assert isinstance(qmodel[1], QuantizedLinear)
 
