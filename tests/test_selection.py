@@ -204,3 +204,10 @@ def test_state_dict_non_finite_and_requantized_entries():
     twice, info = dynamic_quantize(once, min_params=0)
     assert info.skipped["fc"] == "already quantized (has weight_scale / weight_zero_point)"
     assert all(torch.equal(once[k], twice[k]) for k in once)
+
+
+def test_meta_weights_are_skipped():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(32, 32))
+    _, info = dynamic_quantize(model, min_params=0)
+    assert info.skipped["0"] == "'weight' is on the meta device (its values were never loaded); load the weights first"
