@@ -57,7 +57,7 @@ test-asan: $(DEPS_STAMP)
 	cp $(ASAN_DIR)/_C*.so $(ASAN_PKG)/mono_quant/
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so):$$(gcc -print-file-name=libubsan.so)" \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	MONO_QUANT_REQUIRE_C=1 PYTHONPATH=$(abspath $(ASAN_PKG)) \
+	MONO_QUANT_REQUIRE_C=1 MONO_QUANT_EXPECT_ROOT=$(abspath $(ASAN_PKG)) PYTHONPATH=$(abspath $(ASAN_PKG)) \
 		$(VENV)/bin/pytest -q -p no:cacheprovider $(KERNEL_TESTS)
 
 # A wheel as users get it from `pip install .` (abi3: one wheel for CPython >= 3.10).

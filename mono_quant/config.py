@@ -1,0 +1,227 @@
+"""``QuantizationConfig``: every quantization option in one frozen, validated record.
+
+Options come from three places, highest priority first: keyword arguments, a config file
+(``mono_quant.toml`` or ``[tool.mono_quant]`` in ``pyproject.toml``), the defaults below.
+``QuantizationConfig.from_sources`` merges them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._config_file import find_config_file, read_config_file
+
+DTYPES = ("int8", "int4", "fp16")
+GROUP_SIZES = (32, 64, 128, 256)
+SCALE_METHODS = ("absmax", "mse")
+
+_DTYPE_ALIASES: dict[Any, str] = {
+    "int8": "int8",
+    "qint8": "int8",
+    "int4": "int4",
+    "quint4x2": "int4",
+    "fp16": "fp16",
+    "float16": "fp16",
+    "half": "fp16",
+    torch.qint8: "int8",
+    torch.int8: "int8",
+    torch.float16: "fp16",
+    torch.quint4x2: "int4",
+}
+
+TypeSpec = type | str
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    """All options of a quantization run, validated on creation.
+
+    dtype:                  "int8", "int4" or "fp16" (aliases: "float16", torch.qint8,
+                            torch.int8, torch.float16, torch.quint4x2).
+    symmetric:              symmetric (int8, zero point 0) or asymmetric (uint8 + zero point).
+    per_channel:            one scale per output channel (True) or one per tensor (False).
+    group_size:             int4 group size along the input dimension: 32, 64, 128 or 256.
+    scale_method:           "absmax" or "mse" (how int4 picks its scales).
+    modules_to_not_convert: names or fnmatch patterns of modules kept in float; as in HF
+                            transformers an entry matches a module whose qualified name equals
+                            it, ends with "." + entry, or lies under it (e.g. "encoder").
+    layer_types:            convert only these types (classes or class names); () = all.
+    skip_types:             never convert these types.
+    layer_names:            convert only modules matching these names/patterns; () = all.
+    skip_names:             never convert modules matching these names/patterns.
+    min_params:             modules with fewer parameters stay float.
+    compute_sqnr:           measure each converted weight's SQNR (dB) for the report.
+
+    >>> cfg = QuantizationConfig(dtype=torch.qint8, skip_names=["lm_head"])
+    >>> cfg.dtype, cfg.skip_names
+    ('int8', ('lm_head',))
+    """
+
+    dtype: str = "int8"
+    symmetric: bool = True
+    per_channel: bool = True
+    group_size: int = 128
+    scale_method: str = "absmax"
+    modules_to_not_convert: tuple[str, ...] = ()
+    layer_types: tuple[TypeSpec, ...] = ()
+    skip_types: tuple[TypeSpec, ...] = ()
+    layer_names: tuple[str, ...] = ()
+    skip_names: tuple[str, ...] = ()
+    min_params: int = 512
+    compute_sqnr: bool = True
+
+    def __post_init__(self) -> None:
+        _set = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        _set("dtype", normalize_dtype(self.dtype))
+        for name in ("symmetric", "per_channel", "compute_sqnr"):
+            _check_bool(name, getattr(self, name))
+        _check_choice("group_size", self.group_size, GROUP_SIZES, integer=True)
+        _check_choice("scale_method", self.scale_method, SCALE_METHODS)
+        if isinstance(self.min_params, bool) or not isinstance(self.min_params, int) or self.min_params < 0:
+            raise ValueError(f"min_params must be an integer >= 0; got {self.min_params!r}")
+        for name in ("modules_to_not_convert", "layer_names", "skip_names"):
+            _set(name, _names_tuple(name, getattr(self, name)))
+        for name in ("layer_types", "skip_types"):
+            _set(name, _types_tuple(name, getattr(self, name)))
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """Every option name, in declaration order.
+
+        >>> QuantizationConfig.option_names()[:2]
+        ('dtype', 'symmetric')
+        """
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_sources(
+        cls,
+        config: QuantizationConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+        **overrides: Any,
+    ) -> QuantizationConfig:
+        """Merge keyword overrides over ``config`` over the defaults.
+
+        ``config`` may be a ``QuantizationConfig``, a dict of options, or the path of a TOML
+        file. When it is None, ``./mono_quant.toml`` or ``[tool.mono_quant]`` of
+        ``./pyproject.toml`` is used if present. Overrides whose value is None are ignored.
+
+        >>> cfg = QuantizationConfig.from_sources("mono_quant.toml", min_params=0)
+        >>> cfg.min_params
+        0
+        """
+        overrides = {key: value for key, value in overrides.items() if value is not None}
+        unknown = sorted(set(overrides) - set(cls.option_names()))
+        if unknown:
+            raise TypeError(
+                f"unknown option(s) {', '.join(map(repr, unknown))}; "
+                f"valid options: {', '.join(cls.option_names())}"
+            )
+        base = cls._base(config)
+        return dataclasses.replace(base, **overrides) if overrides else base
+
+    @classmethod
+    def _base(cls, config: Any) -> QuantizationConfig:
+        if isinstance(config, QuantizationConfig):
+            return config
+        if isinstance(config, Mapping):
+            return cls._from_mapping(config, "the config dict")
+        if isinstance(config, (str, os.PathLike)):
+            return cls._from_mapping(read_config_file(config), str(config))
+        if config is None:
+            found = find_config_file()
+            return cls() if found is None else cls._from_mapping(read_config_file(found), str(found))
+        raise TypeError(
+            "config must be a QuantizationConfig, a dict of options or the path of a TOML file; "
+            f"got {type(config).__name__}"
+        )
+
+    @classmethod
+    def _from_mapping(cls, values: Mapping[str, Any], source: str) -> QuantizationConfig:
+        unknown = sorted(set(values) - set(cls.option_names()))
+        if unknown:
+            raise ValueError(
+                f"unknown key(s) {', '.join(map(repr, unknown))} in {source}; "
+                f"valid keys: {', '.join(cls.option_names())}"
+            )
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"in {source}: {exc}") from None
+
+
+def valid_dtypes() -> tuple[str, ...]:
+    """Built-in dtype names plus the names of schemes registered by users.
+
+    >>> valid_dtypes()[:3]
+    ('int8', 'int4', 'fp16')
+    """
+    from .schemes.registry import scheme_names  # late: the schemes import this module
+
+    return DTYPES + tuple(name for name in scheme_names() if name not in DTYPES)
+
+
+def normalize_dtype(dtype: Any) -> str:
+    """The canonical name of a dtype given as a string alias or a torch dtype.
+
+    >>> normalize_dtype(torch.qint8), normalize_dtype("float16")
+    ('int8', 'fp16')
+    """
+    key = dtype.lower() if isinstance(dtype, str) else dtype
+    try:
+        if key in _DTYPE_ALIASES:
+            return _DTYPE_ALIASES[key]
+    except TypeError:  # unhashable
+        pass
+    if isinstance(key, str) and key in valid_dtypes():
+        return key
+    raise ValueError(f"dtype must be one of {_quoted(valid_dtypes())}; got {dtype!r}")
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False; got {value!r}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple, integer: bool = False) -> None:
+    bad_type = integer and (isinstance(value, bool) or not isinstance(value, int))
+    if bad_type or value not in choices:
+        shown = ", ".join(map(str, choices)) if integer else _quoted(choices)
+        raise ValueError(f"{name} must be one of {shown}; got {value!r}")
+
+
+def _quoted(choices: Iterable[str]) -> str:
+    return ", ".join(repr(c) for c in choices)
+
+
+def _names_tuple(name: str, value: Any) -> tuple[str, ...]:
+    items = (value,) if isinstance(value, str) else value
+    try:
+        items = tuple(items)
+    except TypeError:
+        raise ValueError(f"{name} must be a list of module names or patterns; got {value!r}") from None
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise ValueError(f"{name} must contain non-empty strings (names or patterns); got {item!r}")
+    return items
+
+
+def _types_tuple(name: str, value: Any) -> tuple[TypeSpec, ...]:
+    items = (value,) if isinstance(value, (str, type)) else value
+    try:
+        items = tuple(items)
+    except TypeError:
+        raise ValueError(f"{name} must be a list of module classes or class names; got {value!r}") from None
+    for item in items:
+        is_module_class = isinstance(item, type) and issubclass(item, nn.Module)
+        if not is_module_class and not (isinstance(item, str) and item):
+            raise ValueError(
+                f"{name} must contain nn.Module subclasses or class names such as 'Linear'; got {item!r}"
+            )
+    return items

@@ -1,0 +1,16 @@
+"""Quantization schemes and their registry; importing this registers "int8" and "fp16".
+
+>>> from mono_quant.schemes import get_scheme
+>>> get_scheme("int8").supported_types
+(<class 'torch.nn.modules.linear.Linear'>, <class 'torch.nn.modules.conv.Conv2d'>)
+"""
+
+from .base import Scheme
+from .fp16 import Fp16Scheme
+from .int8 import Int8Scheme
+from .registry import get_scheme, register_scheme, scheme_names
+
+register_scheme("int8", Int8Scheme)
+register_scheme("fp16", Fp16Scheme)
+
+__all__ = ["Fp16Scheme", "Int8Scheme", "Scheme", "get_scheme", "register_scheme", "scheme_names"]
