@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib
 import os
 import warnings
 from collections.abc import Iterator
@@ -19,8 +20,7 @@ import torch
 from . import _reference as ref
 
 try:
-    from . import _C  # type: ignore[attr-defined]
-
+    _C = importlib.import_module("mono_quant._C")
     _C_IMPORT_ERROR: Exception | None = None
 except ImportError as exc:  # a source tree without a build: run on torch, say so once
     _C = None
