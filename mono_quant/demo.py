@@ -92,3 +92,77 @@ def cosine_to_reference(reference: torch.Tensor, other: torch.Tensor) -> tuple[f
     """Mean and minimum cosine similarity between matching rows of two embedding sets."""
     cos = torch.nn.functional.cosine_similarity(reference, other, dim=-1)
     return float(cos.mean()), float(cos.min())
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    """Bytes of every tensor the model holds (parameters and buffers), shared ones once."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        key = tensor.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += tensor.untyped_storage().nbytes()
+    return total
+
+
+def quantized_layer_bytes(info, module_type: str = "Linear") -> tuple[int, int]:
+    """Bytes before and after of the converted layers of one type (what quantization touched)."""
+    layers = [l for l in info.layers.values() if l.quantized and l.module_type == module_type]
+    return sum(l.bytes_before for l in layers), sum(l.bytes_after for l in layers)
+
+
+def _summary_row(name, model, fp32_bytes, info, reference, tokenizer, fp32_ms) -> dict:
+    emb = embed(model, tokenizer, SENTENCES)
+    cos_mean, cos_min = cosine_to_reference(reference, emb)
+    size = model_bytes(model)
+    row = {"scheme": name, "size": size, "ratio": size / fp32_bytes, "cos_mean": cos_mean, "cos_min": cos_min}
+    if info is not None:
+        before, after = quantized_layer_bytes(info)
+        row["linear_ratio"] = after / before if before else float("nan")
+    ms = batch1_latency_ms(model, tokenizer)
+    row["ms"], row["speedup"] = ms, fp32_ms / ms
+    return row
+
+
+def _print_summary(rows: list[dict]) -> None:
+    print("\n## Summary: MiniLM-L6 (all-MiniLM-L6-v2), sentence embeddings vs fp32 on "
+          f"{len(SENTENCES)} sentences")
+    print("| scheme | model size | vs fp32 | Linear weights vs fp32 | cosine mean | cosine min "
+          "| batch-1 latency | speed-up |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        lin = f"{r['linear_ratio']:.3f} (1/{1 / r['linear_ratio']:.1f})" if "linear_ratio" in r else "-"
+        print(f"| {r['scheme']} | {r['size'] / 2**20:.1f} MiB | {r['ratio']:.3f} | {lin} "
+              f"| {r['cos_mean']:.5f} | {r['cos_min']:.5f} | {r['ms']:.2f} ms | {r['speedup']:.2f}x |")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Quantize MiniLM-L6 with each requested scheme and print per-layer and summary reports."""
+    from . import dynamic_quantize
+    from .schemes.registry import scheme_names
+
+    parser = argparse.ArgumentParser(prog="python -m mono_quant.demo", description=__doc__.split("\n\n")[0])
+    default = [d for d in ("int8", "int4") if d in scheme_names()]
+    parser.add_argument("--dtype", nargs="+", default=default, help=f"schemes to run (default: {' '.join(default)})")
+    parser.add_argument("--summary-only", action="store_true", help="print only the summary table")
+    args = parser.parse_args(argv)
+
+    model, tokenizer = load_minilm()
+    reference = embed(model, tokenizer, SENTENCES)
+    fp32_bytes = model_bytes(model)
+    fp32_ms = batch1_latency_ms(model, tokenizer)
+    rows = [{"scheme": "fp32", "size": fp32_bytes, "ratio": 1.0, "cos_mean": 1.0, "cos_min": 1.0,
+             "ms": fp32_ms, "speedup": 1.0}]
+    for dtype in args.dtype:
+        q_model, info = dynamic_quantize(model, dtype)
+        if not args.summary_only:
+            print(f"\n## dynamic_quantize(model, dtype={dtype!r})\n")
+            print(info)
+        rows.append(_summary_row(f"{dtype} (dynamic)", q_model, fp32_bytes, info, reference, tokenizer, fp32_ms))
+    _print_summary(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
