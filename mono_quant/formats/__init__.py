@@ -1,0 +1,25 @@
+"""Layer formats and their registry; importing this registers the INT8 Linear and Conv2d formats.
+
+>>> from mono_quant.formats import format_for_module
+>>> format_for_module(qmodel.fc).kind
+'int8_linear'
+"""
+
+from .base import Expected, LayerFormat
+from .int8 import Int8Conv2dFormat, Int8LinearFormat
+from .registry import format_for_module, format_for_state, format_kinds, get_format, register_format
+
+register_format(Int8LinearFormat())
+register_format(Int8Conv2dFormat())
+
+__all__ = [
+    "Expected",
+    "Int8Conv2dFormat",
+    "Int8LinearFormat",
+    "LayerFormat",
+    "format_for_module",
+    "format_for_state",
+    "format_kinds",
+    "get_format",
+    "register_format",
+]
