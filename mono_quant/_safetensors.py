@@ -1,0 +1,302 @@
+"""The safetensors file format, read and written here without the safetensors library.
+
+Layout (https://github.com/huggingface/safetensors): 8 bytes little-endian unsigned header
+length ``N``; ``N`` bytes of UTF-8 JSON, ``{"__metadata__": {str: str}, name: {"dtype": "F32",
+"shape": [..], "data_offsets": [begin, end]}, ...}``, possibly padded with spaces; then the
+data section, where each tensor's little-endian bytes lie at ``[begin, end)`` relative to the
+start of the section, with no holes and no overlaps.
+
+The reader trusts nothing: every length, offset, shape and dtype is checked against the
+file's real size before a byte of data is read, and any problem is a ``CorruptFileError``
+naming the file. Data is read with plain ``readinto`` calls into fresh buffers (no mmap), so a
+lying header can never make it read out of bounds.
+
+The writer streams: tensors go to the data section one at a time, the header (computed from
+the shapes written) goes in front at the end. Memory stays at one tensor.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import math
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import torch
+
+from .errors import CorruptFileError
+
+DTYPES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "U16": torch.uint16,
+    "I32": torch.int32,
+    "U32": torch.uint32,
+    "I64": torch.int64,
+    "U64": torch.uint64,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
+MAX_HEADER_BYTES = 100_000_000  # the limit the safetensors library enforces
+ENTRY_KEYS = frozenset({"dtype", "shape", "data_offsets"})
+METADATA_KEY = "__metadata__"
+_COPY_CHUNK = 16 << 20
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lies: ``nbytes`` bytes from absolute file offset ``start``."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Header:
+    """A checked header: tensors in data order, the string metadata, the file size."""
+
+    tensors: dict[str, TensorEntry]
+    metadata: dict[str, str]
+    file_size: int
+
+
+def safetensors_dtype(dtype: torch.dtype) -> str:
+    """``torch.float32`` -> ``"F32"``; a dtype the format cannot hold is a ValueError."""
+    try:
+        return DTYPE_NAMES[dtype]
+    except KeyError:
+        raise ValueError(
+            f"{dtype} cannot be stored in a safetensors file (supported: "
+            f"{', '.join(str(d).removeprefix('torch.') for d in DTYPE_NAMES)})"
+        ) from None
+
+
+def read_header(handle: BinaryIO, path: str | os.PathLike[str]) -> Header:
+    """Read and check the header of the safetensors file open as ``handle``.
+
+    >>> with open("model.safetensors", "rb") as f:
+    ...     header = read_header(f, "model.safetensors")
+    """
+    _require_little_endian()
+    file_size = handle.seek(0, os.SEEK_END)
+    handle.seek(0)
+    if file_size < 8:
+        raise CorruptFileError(path, f"the file is {file_size} bytes, too short for the 8-byte header "
+                                     "length of a safetensors file; it is truncated or of another format")
+    length = int.from_bytes(handle.read(8), "little")
+    if length < 2 or length > MAX_HEADER_BYTES:
+        raise CorruptFileError(path, f"the header length is {length} bytes; a safetensors header holds "
+                                     f"2 to {MAX_HEADER_BYTES} bytes, so this is not a valid safetensors file")
+    if 8 + length > file_size:
+        raise CorruptFileError(path, f"the header length is {length} bytes but only {file_size - 8} "
+                                     "bytes follow it; the file is truncated")
+    raw = handle.read(length)
+    header = _parse_json(raw, path)
+    metadata = _parse_metadata(header.pop(METADATA_KEY, None), path)
+    data_size = file_size - 8 - length
+    entries = [_parse_entry(name, value, 8 + length, data_size, path) for name, value in header.items()]
+    entries.sort(key=lambda e: (e.start, e.nbytes))
+    _check_coverage(entries, 8 + length, data_size, path)
+    return Header({e.name: e for e in entries}, metadata, file_size)
+
+
+def read_tensor(handle: BinaryIO, entry: TensorEntry, path: str | os.PathLike[str]) -> torch.Tensor:
+    """The tensor ``entry`` describes, in a fresh, writable CPU buffer.
+
+    >>> t = read_tensor(f, header.tensors["fc.weight"], "model.safetensors")
+    """
+    if entry.nbytes == 0:
+        return torch.empty(entry.shape, dtype=entry.dtype)
+    handle.seek(entry.start)
+    buffer = bytearray(entry.nbytes)
+    got = handle.readinto(buffer)
+    if got != entry.nbytes:
+        raise CorruptFileError(path, f"tensor {entry.name!r}: read {got} of {entry.nbytes} bytes; "
+                                     "the file is truncated or changed while it was read")
+    if entry.dtype == torch.bool:  # any byte but 0/1 would be undefined behaviour as torch.bool
+        return torch.frombuffer(buffer, dtype=torch.uint8).reshape(entry.shape) != 0
+    return torch.frombuffer(buffer, dtype=entry.dtype).reshape(entry.shape)
+
+
+def header_bytes(specs: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: Mapping[str, str]) -> bytes:
+    """The 8-byte length plus the JSON header for tensors laid out back to back in ``specs``
+    order, padded with spaces so that the data starts 8-byte aligned (as the library does).
+
+    >>> header_bytes([("w", torch.float32, (2, 2))], {"format": "mono_quant"})[:8]
+    b'X\\x00\\x00\\x00\\x00\\x00\\x00\\x00'
+    """
+    header: dict[str, object] = {}
+    if metadata:
+        header[METADATA_KEY] = dict(metadata)
+    offset = 0
+    for name, dtype, shape in specs:
+        nbytes = math.prod(shape) * dtype.itemsize
+        header[name] = {"dtype": safetensors_dtype(dtype), "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-(8 + len(text)) % 8)
+    return len(text).to_bytes(8, "little") + text
+
+
+class StreamingWriter:
+    """Writes a ``.safetensors`` file one tensor at a time; memory stays at one tensor.
+
+    The header must precede the data but depends on every tensor written, so tensors go to a
+    scratch data file next to ``path``; ``finish`` then writes header + data to
+    ``<path>.partial`` (16 MiB at a time) and renames it onto ``path``. A failure leaves
+    ``path`` untouched. Disk use peaks at twice the output size.
+
+    >>> with StreamingWriter("out.safetensors") as writer:
+    ...     writer.write("fc.weight", q)
+    ...     writer.finish({"format": "mono_quant"})
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        _require_little_endian()
+        self.path = os.fspath(path)
+        self._data_path = self.path + ".data.partial"
+        self._out_path = self.path + ".partial"
+        self._data: BinaryIO | None = open(self._data_path, "wb")
+        self._specs: list[tuple[str, torch.dtype, tuple[int, ...]]] = []
+        self._names: set[str] = set()
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Append ``tensor`` (any device; copied to a contiguous CPU tensor) as ``name``."""
+        if self._data is None:
+            raise RuntimeError("this writer is finished; open a new one")
+        if name in self._names or name == METADATA_KEY:
+            raise ValueError(f"tensor name {name!r} is used twice (or reserved); names must be unique")
+        safetensors_dtype(tensor.dtype)
+        tensor = tensor.detach().to("cpu").contiguous()
+        write_tensor_bytes(self._data, tensor)
+        self._names.add(name)
+        self._specs.append((name, tensor.dtype, tuple(tensor.shape)))
+
+    def finish(self, metadata: Mapping[str, str]) -> None:
+        """Write the header and the data to ``path``."""
+        if self._data is None:
+            raise RuntimeError("this writer is finished; open a new one")
+        self._data.close()
+        self._data = None
+        with open(self._data_path, "rb") as data, open(self._out_path, "wb") as out:
+            out.write(header_bytes(self._specs, metadata))
+            shutil.copyfileobj(data, out, _COPY_CHUNK)
+        os.replace(self._out_path, self.path)
+        os.remove(self._data_path)
+
+    def abort(self) -> None:
+        """Drop everything written; ``path`` is not touched."""
+        if self._data is not None:
+            self._data.close()
+            self._data = None
+        for scratch in (self._data_path, self._out_path):
+            if os.path.exists(scratch):
+                os.remove(scratch)
+
+    def __enter__(self) -> StreamingWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or self._data is not None:
+            self.abort()
+
+
+def write_tensor_bytes(handle: BinaryIO, tensor: torch.Tensor) -> None:
+    """Write the raw bytes of a contiguous CPU tensor without copying it (host byte order)."""
+    nbytes = tensor.numel() * tensor.element_size()
+    if nbytes:
+        handle.write((ctypes.c_ubyte * nbytes).from_address(tensor.data_ptr()))
+
+
+def _require_little_endian() -> None:
+    if sys.byteorder != "little":
+        raise RuntimeError("mono_quant reads and writes safetensors files on little-endian hosts only")
+
+
+def _parse_json(raw: bytes, path) -> dict:
+    def no_duplicates(pairs):
+        out = {}
+        for key, value in pairs:
+            if key in out:
+                raise CorruptFileError(path, f"the header names {key!r} twice")
+            out[key] = value
+        return out
+
+    def no_constants(name):
+        raise CorruptFileError(path, f"the header contains {name}, which is not JSON")
+
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants)
+    except UnicodeDecodeError:
+        raise CorruptFileError(path, "the header is not UTF-8 text; the file is corrupted or not safetensors") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise CorruptFileError(path, f"the header is not valid JSON ({exc}); the file is corrupted") from None
+    if not isinstance(header, dict):
+        raise CorruptFileError(path, f"the header is a JSON {type(header).__name__}, not an object")
+    return header
+
+
+def _parse_metadata(value, path) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise CorruptFileError(path, f"{METADATA_KEY!r} must map strings to strings")
+    return value
+
+
+def _parse_entry(name: str, value, data_start: int, data_size: int, path) -> TensorEntry:
+    if not isinstance(value, dict) or set(value) != ENTRY_KEYS:
+        raise CorruptFileError(path, f"tensor {name!r}: the entry must have exactly the keys "
+                                     "'dtype', 'shape' and 'data_offsets'")
+    dtype = DTYPES.get(value["dtype"]) if isinstance(value["dtype"], str) else None
+    if dtype is None:
+        raise CorruptFileError(path, f"tensor {name!r} has unknown dtype {value['dtype']!r} "
+                                     f"(known: {', '.join(DTYPES)})")
+    shape, offsets = value["shape"], value["data_offsets"]
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise CorruptFileError(path, f"tensor {name!r}: shape {shape!r} must be a list of integers >= 0")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))
+            and offsets[0] <= offsets[1]):
+        raise CorruptFileError(path, f"tensor {name!r}: data_offsets {offsets!r} must be [begin, end] "
+                                     "with 0 <= begin <= end")
+    begin, end = offsets
+    if end > data_size:
+        raise CorruptFileError(path, f"tensor {name!r} ends at byte {end} of the data section, which has "
+                                     f"only {data_size} bytes; the file is truncated or the offsets are wrong")
+    expected = math.prod(shape) * dtype.itemsize
+    if end - begin != expected:
+        raise CorruptFileError(path, f"tensor {name!r}: shape {shape} of {value['dtype']} needs {expected} "
+                                     f"bytes but data_offsets span {end - begin}")
+    return TensorEntry(name, dtype, tuple(shape), data_start + begin, end - begin)
+
+
+def _check_coverage(entries: list[TensorEntry], data_start: int, data_size: int, path) -> None:
+    cursor = 0
+    for entry in entries:
+        begin = entry.start - data_start
+        if begin != cursor:
+            what = "overlaps the tensor before it" if begin < cursor else f"leaves a hole at bytes {cursor}..{begin}"
+            raise CorruptFileError(path, f"tensor {entry.name!r} {what}; the data offsets are corrupted")
+        cursor = begin + entry.nbytes
+    if cursor != data_size:
+        raise CorruptFileError(path, f"the data section has {data_size} bytes but the tensors cover "
+                                     f"{cursor}; the file has trailing bytes or is corrupted")
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
