@@ -19,11 +19,14 @@ import zlib
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
+
 import torch
 from torch import nn
 
 from . import _safetensors as st
-from ._file_metadata import FLOAT_NAMES, FileMetadata, cast_params, global_values, layer_entry, parse_metadata
+from ._file_metadata import (
+    FLOAT_NAMES, FileMetadata, LayerEntry, cast_params, global_values, layer_entry, parse_metadata,
+)
 from ._skeleton import fill_skeleton
 from .errors import CorruptFileError
 from .formats import format_for_module, format_for_state
@@ -208,18 +211,26 @@ def _state_layers(state: Mapping[str, torch.Tensor], info: QuantizationInfo | No
     records = {} if info is None else info.layers
     layers = {}
     for prefix, tensors in group_by_layer(state).items():
-        record = records.get(prefix)
-        if any(k in tensors for k in _QUANT_STATE_KEYS):
-            found = format_for_state(tensors)
-            if found is None:
-                raise ValueError(f"layer {prefix!r} has weight_scale / weight_zero_point entries in a format no "
-                                 "registered layer format reads; was it made by mono_quant?")
-            layers[prefix] = layer_entry(prefix, found[0], found[1], record)
-        elif record is not None and record.quantized and "cast" in record.details:
-            params = cast_params(record, tensors)
-            if params is not None:
-                layers[prefix] = layer_entry(prefix, None, params, record)
+        entry = state_layer_entry(prefix, tensors, records.get(prefix))
+        if entry is not None:
+            layers[prefix] = entry
     return layers
+
+
+def state_layer_entry(prefix: str, tensors: Mapping[str, torch.Tensor], record) -> LayerEntry | None:
+    """The metadata record of one state_dict layer (keys without the prefix), or None for a
+    layer stored as it was. ``record`` is its LayerInfo, if known."""
+    if any(k in tensors for k in _QUANT_STATE_KEYS):
+        found = format_for_state(tensors)
+        if found is None:
+            raise ValueError(f"layer {prefix!r} has weight_scale / weight_zero_point entries in a format no "
+                             "registered layer format reads; was it made by mono_quant?")
+        return layer_entry(prefix, found[0], found[1], record)
+    if record is not None and record.quantized and "cast" in record.details:
+        params = cast_params(record, tensors)
+        if params is not None:
+            return layer_entry(prefix, None, params, record)
+    return None
 
 
 def _unique_tensors(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -1,0 +1,248 @@
+"""``quantize_checkpoint``: quantize a checkpoint file layer by layer, without the model.
+
+The source is read one layer (weight + bias, ...) at a time and each result is written out
+before the next layer is read, so peak memory stays near the largest layer, not the model.
+Layers go through the state_dict-mode scheme code (``Scheme.convert_state``) with the same
+selection rules, so the output equals ``dynamic_quantize(state_dict)`` tensor for tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import _safetensors as st
+from ._file_metadata import FileMetadata, global_values
+from ._layers import skipped_layer, state_kind
+from .config import QuantizationConfig
+from .errors import CorruptFileError
+from .info import QuantizationInfo
+from .io import _run_dtype, file_kind, state_layer_entry, tensor_crc32
+from .schemes.registry import get_scheme
+from .selection import state_skip_reason
+from .state_dict import join_key, split_key
+
+INDEX_SUFFIX = ".safetensors.index.json"
+
+
+def quantize_checkpoint(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    dtype: str | torch.dtype | None = None,
+    *,
+    config: QuantizationConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> QuantizationInfo:
+    """Quantize the checkpoint ``src`` into ``dst`` and return the report.
+
+    ``src`` is a ``.safetensors`` file, a sharded set's ``*.safetensors.index.json``, a folder
+    holding either, or a ``.pt`` / ``.bin`` state_dict (loaded whole with
+    ``torch.load(weights_only=True)``). ``dst`` is a ``.safetensors`` file written one tensor
+    at a time (memory stays near the largest layer; disk briefly holds the output twice), or a
+    ``.pt`` file (all outputs are kept in memory until it is written). ``dtype``, ``config``
+    and ``options`` are those of ``dynamic_quantize``; the file is what
+    ``save_quantized(*dynamic_quantize(state_dict, ...))`` would write for the same tensors.
+
+    >>> info = quantize_checkpoint("model.safetensors", "model-int8.safetensors", "int8")
+    >>> print(info)
+    """
+    cfg = QuantizationConfig.from_sources(config, dtype=dtype, **options)
+    scheme = get_scheme(cfg.dtype)(cfg)
+    info = QuantizationInfo(config=cfg)
+    source = open_checkpoint(src)
+    if any(Path(dst).resolve() == Path(p).resolve() for p in source.files):
+        raise ValueError(f"{os.fspath(dst)} is also the source; write the quantized checkpoint to another path")
+    sink = _SafetensorsSink(dst) if file_kind(dst) == "safetensors" else _PtSink(dst)
+    layers, checksums = {}, {}
+    try:
+        with torch.no_grad():
+            for prefix, tensors in source.layers():
+                reason = state_skip_reason(prefix, tensors, scheme)
+                if reason is None:
+                    out, record = scheme.convert_state(prefix, tensors)
+                else:
+                    out, record = tensors, skipped_layer(prefix, state_kind(prefix, tensors), tensors, reason)
+                info.add(record)
+                entry = state_layer_entry(prefix, out, record)
+                if entry is not None:
+                    layers[prefix] = entry
+                for attr, tensor in out.items():
+                    tensor = tensor.detach().to("cpu").contiguous()
+                    checksums[join_key(prefix, attr)] = tensor_crc32(tensor)
+                    sink.write(join_key(prefix, attr), tensor)
+                del tensors, out
+        scheme.finish(info)
+        dtype_name, group_size = _run_dtype(layers, {}, info)
+        schemes = [entry.scheme for entry in layers.values()]
+        meta = FileMetadata(global_values("state_dict", dtype_name, group_size, schemes, "state_dict"),
+                            layers, {}, checksums)
+        sink.finish(meta.to_strings())
+    except BaseException:
+        sink.abort()
+        raise
+    return info
+
+
+class Checkpoint:
+    """The tensors of a checkpoint, by layer, read lazily.
+
+    ``names`` maps each tensor name to the file that holds it, in file order; ``layers()``
+    yields ``(prefix, {key: tensor})`` one layer at a time.
+    """
+
+    def __init__(self, names: dict[str, str], whole: dict[str, torch.Tensor] | None = None) -> None:
+        self.names = names
+        self.files = sorted(set(names.values()))
+        self._whole = whole
+
+    def layers(self) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
+        groups: dict[str, list[str]] = {}
+        for name in self.names:
+            groups.setdefault(split_key(name)[0], []).append(name)
+        for prefix, names in groups.items():
+            yield prefix, {split_key(n)[1]: t for n, t in self._read(names).items()}
+
+    def _read(self, names: list[str]) -> dict[str, torch.Tensor]:
+        if self._whole is not None:
+            return {n: self._whole[n] for n in names}
+        from safetensors import safe_open
+
+        out: dict[str, torch.Tensor] = {}
+        by_file: dict[str, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self.names[name], []).append(name)
+        for path, file_names in by_file.items():
+            # Opened per layer on purpose: safe_open maps the whole file, and pages it has
+            # touched count towards the process's memory until the file is closed.
+            with safe_open(path, framework="pt", device="cpu") as handle:
+                for name in file_names:
+                    out[name] = handle.get_tensor(name)
+        return out
+
+
+def open_checkpoint(src: str | os.PathLike[str]) -> Checkpoint:
+    """A ``Checkpoint`` for a ``.safetensors`` file, an index, a folder, or a ``.pt`` / ``.bin``
+    file; headers are checked (``CorruptFileError``) before anything is read."""
+    path = Path(src)
+    if path.is_dir():
+        path = _pick_in_folder(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{os.fspath(src)}: no such file or folder")
+    name = path.name.lower()
+    if name.endswith(".json"):
+        _require_reader()
+        return Checkpoint(_index_names(path))
+    if name.endswith(".safetensors"):
+        _require_reader()
+        return Checkpoint({n: str(path) for n in _header(path).tensors})
+    if name.endswith((".pt", ".pth", ".bin")):
+        whole = _load_whole(path)
+        return Checkpoint({n: str(path) for n in whole}, whole)
+    raise ValueError(f"{path}: unknown checkpoint type; pass a .safetensors file, a *{INDEX_SUFFIX}, a folder "
+                     "holding one, or a .pt / .bin state_dict")
+
+
+def _pick_in_folder(folder: Path) -> Path:
+    indexes = sorted(folder.glob("*" + INDEX_SUFFIX))
+    if len(indexes) == 1:
+        return indexes[0]
+    files = sorted(folder.glob("*.safetensors"))
+    if not indexes and len(files) == 1:
+        return files[0]
+    found = len(indexes) if indexes else len(files)
+    raise ValueError(f"{folder}: expected one *{INDEX_SUFFIX} or one .safetensors file, found {found}; "
+                     "pass the file itself")
+
+
+def _index_names(index: Path) -> dict[str, str]:
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CorruptFileError(index, f"the index is not valid JSON ({exc})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CorruptFileError(index, "the index has no 'weight_map' object of tensor name -> shard file")
+    shards: dict[str, set[str]] = {}
+    for shard in dict.fromkeys(weight_map.values()):
+        if Path(shard).name != shard or shard in ("", ".", ".."):
+            raise CorruptFileError(index, f"shard {shard!r} must be a file name in the index's folder")
+        shard_path = index.parent / shard
+        if not shard_path.is_file():
+            raise CorruptFileError(index, f"shard {shard!r} does not exist next to the index")
+        shards[shard] = set(_header(shard_path).tensors)
+    for name, shard in weight_map.items():
+        if name not in shards[shard]:
+            raise CorruptFileError(index, f"tensor {name!r} is mapped to {shard!r}, which does not hold it")
+    listed = set(weight_map)
+    for shard, names in shards.items():
+        extra = sorted(names - listed)
+        if extra:
+            raise CorruptFileError(index, f"shard {shard!r} holds {extra[0]!r}, which the weight_map does not list")
+    return {name: str(index.parent / shard) for name, shard in weight_map.items()}
+
+
+def _header(path: Path) -> st.Header:
+    with open(path, "rb") as handle:
+        return st.read_header(handle, path)
+
+
+def _load_whole(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CorruptFileError(path, f"torch.load(weights_only=True) cannot read it ({type(exc).__name__}); "
+                                     "the file is truncated, corrupted or not a state_dict") from None
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CorruptFileError(path, "the file is not a state_dict (a dict of names to tensors)")
+    return dict(state)
+
+
+def _require_reader() -> None:
+    try:
+        import safetensors  # noqa: F401
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "reading .safetensors checkpoints needs the safetensors package: pip install 'mono_quant[safetensors]'"
+        ) from None
+
+
+class _SafetensorsSink:
+    def __init__(self, path) -> None:
+        self._writer = st.StreamingWriter(path)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        self._writer.write(name, tensor)
+
+    def finish(self, metadata: Mapping[str, str]) -> None:
+        self._writer.finish(metadata)
+
+    def abort(self) -> None:
+        self._writer.abort()
+
+
+class _PtSink:
+    """A ``.pt`` file is one pickle: outputs stay in memory until ``finish``."""
+
+    def __init__(self, path) -> None:
+        self.path = os.fspath(path)
+        self._tensors: dict[str, torch.Tensor] = {}
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        self._tensors[name] = tensor
+
+    def finish(self, metadata: Mapping[str, str]) -> None:
+        partial = self.path + ".partial"
+        torch.save({"tensors": self._tensors, "metadata": dict(metadata)}, partial)
+        os.replace(partial, self.path)
+
+    def abort(self) -> None:
+        self._tensors.clear()
+        if os.path.exists(self.path + ".partial"):
+            os.remove(self.path + ".partial")
