@@ -21,6 +21,7 @@ from ._config_file import find_config_file, read_config_file
 DTYPES = ("int8", "int4", "fp16")
 GROUP_SIZES = (32, 64, 128, 256)
 SCALE_METHODS = ("absmax", "mse")
+ON_FAILURE = ("error", "warn", "ignore")
 
 _DTYPE_ALIASES: dict[Any, str] = {
     "int8": "int8",
@@ -58,6 +59,10 @@ class QuantizationConfig:
     skip_names:             never convert modules matching these names/patterns.
     min_params:             modules with fewer parameters stay float.
     compute_sqnr:           measure each converted weight's SQNR (dB) for the report.
+    validate:               run ``mono_quant.validate``'s checks (SQNR, size, save + load,
+                            value ranges) at the end of ``dynamic_quantize``.
+    on_failure:             what a failed check does: "error" (raise ValidationError),
+                            "warn" (a warning, also in info.warnings) or "ignore".
 
     >>> cfg = QuantizationConfig(dtype=torch.qint8, skip_names=["lm_head"])
     >>> cfg.dtype, cfg.skip_names
@@ -76,12 +81,15 @@ class QuantizationConfig:
     skip_names: tuple[str, ...] = ()
     min_params: int = 512
     compute_sqnr: bool = True
+    validate: bool = True
+    on_failure: str = "warn"
 
     def __post_init__(self) -> None:
         _set = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
         _set("dtype", normalize_dtype(self.dtype))
-        for name in ("symmetric", "per_channel", "compute_sqnr"):
+        for name in ("symmetric", "per_channel", "compute_sqnr", "validate"):
             _check_bool(name, getattr(self, name))
+        _check_choice("on_failure", self.on_failure, ON_FAILURE)
         _check_choice("group_size", self.group_size, GROUP_SIZES, integer=True)
         _check_choice("scale_method", self.scale_method, SCALE_METHODS)
         if isinstance(self.min_params, bool) or not isinstance(self.min_params, int) or self.min_params < 0:

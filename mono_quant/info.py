@@ -88,6 +88,7 @@ class QuantizationInfo:
     skipped: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     config: Any = None
+    validation: Any = None  # the ValidationReport of the end-of-run checks, when they ran
 
     def add(self, layer: LayerInfo) -> None:
         """Record ``layer``: list it as skipped or warn when its accuracy is low.
