@@ -17,6 +17,7 @@ from .schemes.base import Scheme
 from .schemes.registry import get_scheme
 from .selection import module_skip_reason, parameter_owners
 from .state_dict import quantize_state_dict
+from .validate import validate_after_quantization
 
 ModelOrStateDict = nn.Module | Mapping[str, torch.Tensor]
 
@@ -36,7 +37,9 @@ def dynamic_quantize(
     override ``config`` (a QuantizationConfig, a dict or a TOML path), which overrides
     ``./mono_quant.toml`` / ``[tool.mono_quant]`` in ``./pyproject.toml``, which override the
     defaults. Layers that cannot be converted stay as they are and are listed in
-    ``info.skipped`` with the reason.
+    ``info.skipped`` with the reason. At the end the result is checked (``validate=True``;
+    the report is ``info.validation``); a failed check warns, or raises with
+    ``on_failure="error"``.
 
     >>> qmodel, info = dynamic_quantize(model, "int8", modules_to_not_convert=["lm_head"])
     >>> print(info)
@@ -54,6 +57,8 @@ def dynamic_quantize(
             f"got {type(model).__name__}"
         )
     scheme.finish(info)
+    if cfg.validate:
+        validate_after_quantization(model, result, info)
     return result, info
 
 
