@@ -102,7 +102,7 @@ def read_quantized(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor
     """
     kind = file_kind(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{os.fspath(path)}: no such file")
+        raise FileNotFoundError(f"{os.fspath(path)}: no such file; check the path")
     raw, raw_meta = _read_safetensors(path) if kind == "safetensors" else _read_pt(path)
     meta = parse_metadata(raw_meta, path)
     _check_checksums(raw, meta, path)

@@ -105,9 +105,19 @@ class Checkpoint:
         for name in self.names:
             groups.setdefault(split_key(name)[0], []).append(name)
         for prefix, names in groups.items():
-            yield prefix, {split_key(n)[1]: t for n, t in self._read(names).items()}
+            yield prefix, {split_key(n)[1]: t for n, t in self.read(names).items()}
 
-    def _read(self, names: list[str]) -> dict[str, torch.Tensor]:
+    def shapes(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        """Each tensor's dtype and shape, from the headers (a .pt checkpoint is in memory)."""
+        if self._whole is not None:
+            return {n: (t.dtype, tuple(t.shape)) for n, t in self._whole.items()}
+        out = {}
+        for path in self.files:
+            out.update((n, (e.dtype, e.shape)) for n, e in _header(Path(path)).tensors.items() if n in self.names)
+        return out
+
+    def read(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """The named tensors (each file is opened for this call only)."""
         if self._whole is not None:
             return {n: self._whole[n] for n in names}
         from safetensors import safe_open
@@ -132,7 +142,7 @@ def open_checkpoint(src: str | os.PathLike[str]) -> Checkpoint:
     if path.is_dir():
         path = _pick_in_folder(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{os.fspath(src)}: no such file or folder")
+        raise FileNotFoundError(f"{os.fspath(src)}: no such file or folder; check the path")
     name = path.name.lower()
     if name.endswith(".json"):
         _require_reader()

@@ -27,10 +27,11 @@ import torch
 from torch import nn
 
 from . import _kernels as K
-from .errors import ValidationError
+from ._file_metadata import FLOAT_NAMES
+from .errors import CorruptFileError, ValidationError
 from .formats import format_for_module, format_for_state
 from .info import QuantizationInfo, format_bytes, format_sqnr
-from .state_dict import group_by_layer
+from .state_dict import group_by_layer, join_key
 
 CHECKS = ("sqnr", "size", "load", "range")
 STATUSES = ("passed", "failed", "skipped")
@@ -123,7 +124,7 @@ def validate(
     report = ValidationReport()
     layers = quantized_layers(original, quantized)
     runners = {
-        "sqnr": lambda: _check_sqnr(layers, info, min_sqnr_db, report),
+        "sqnr": lambda: _check_sqnr(layers, _measured(info), min_sqnr_db, report),
         "size": lambda: _check_size(original, quantized, report),
         "load": lambda: _check_load(original, quantized, sample_input),
         "range": lambda: _check_range(layers),
@@ -150,6 +151,106 @@ def validate_after_quantization(original: ModelOrState, result: ModelOrState, in
         raise ValidationError(message + " (pass on_failure='warn' to get the model anyway)", report)
     info.warnings.append(message)
     warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def validate_file(
+    path: str | os.PathLike[str],
+    original: str | os.PathLike[str] | None = None,
+    *,
+    min_sqnr_db: float = DEFAULT_MIN_SQNR_DB,
+) -> ValidationReport:
+    """The four checks from files alone (no model is built); ``mono-quant validate`` runs this.
+
+    - ``load``:  the file reads back completely: header, every tensor's CRC-32, the metadata,
+                 and each layer's tensors against its record (the same checks as loading).
+    - ``range``: as in ``validate``.
+    - ``sqnr``:  with ``original`` (the float checkpoint: a .safetensors file, index, folder or
+                 .pt), each layer is dequantized and compared with its original weight, one
+                 layer in memory at a time; without it, the SQNRs recorded in the metadata.
+    - ``size``:  stored bytes against the original checkpoint's, or, without it, against the
+                 original shapes and dtypes the metadata records.
+
+    >>> print(validate_file("model-int8.safetensors", "model.safetensors"))
+    """
+    from .io import read_quantized
+    from .streaming import open_checkpoint
+
+    report = ValidationReport()
+    try:
+        tensors, meta = read_quantized(path)
+    except CorruptFileError as exc:
+        report.checks["load"] = CheckResult("load", "failed", exc.problem)
+        for name in ("sqnr", "size", "range"):
+            report.checks[name] = CheckResult(name, "skipped", "the file cannot be read")
+        return _ordered(report)
+    report.checks["load"] = CheckResult(
+        "load", "passed", f"{len(tensors)} tensors and {len(meta.layers)} layer records read back and agree "
+                          "(CRC-32, dtypes, shapes)")
+    layers = [_file_layer(entry, tensors, meta) for entry in meta.layers.values()]
+    source = None if original is None else open_checkpoint(original)
+    if source is not None:
+        for layer in layers:
+            layer.original = _original_weight(layer, source)
+        report.checks["sqnr"] = _check_sqnr(layers, {}, min_sqnr_db, report)
+    else:
+        recorded = {e.name: e.sqnr_db for e in meta.layers.values() if e.sqnr_db is not None}
+        known = [layer for layer in layers if layer.name in recorded]
+        report.checks["sqnr"] = (_check_sqnr(known, recorded, min_sqnr_db, report) if known else
+                                 CheckResult("sqnr", "skipped", "the file records no SQNR; pass the original "
+                                                                "checkpoint to measure it"))
+    report.checks["size"] = _check_file_size(tensors, meta, layers, source, report)
+    report.checks["range"] = _check_range(layers)
+    return _ordered(report)
+
+
+def _file_layer(entry, tensors: Mapping[str, torch.Tensor], meta) -> QuantizedLayer:
+    if entry.fmt is None:
+        own = {name: tensors[join_key(entry.name, name)] for name in entry.params["tensors"]}
+    else:
+        own = {name: tensors[meta.file_key(entry, name)] for name in entry.fmt.expected_tensors(entry.params)}
+    return QuantizedLayer(entry.name, entry.fmt, entry.params, own, None)
+
+
+def _original_weight(layer: QuantizedLayer, source) -> torch.Tensor | None:
+    names = [join_key(layer.name, "weight")] if layer.fmt is not None else [
+        join_key(layer.name, k) for k in layer.tensors]
+    if not all(name in source.names for name in names):
+        return None
+    found = source.read(names)
+    if layer.fmt is not None:
+        return found[names[0]]
+    return torch.cat([found[n].detach().reshape(-1).float() for n in names])
+
+
+def _check_file_size(tensors, meta, layers: list[QuantizedLayer], source, report) -> CheckResult:
+    stored = {k: t for k, t in tensors.items() if k not in meta.aliases}
+    after = sum(t.numel() * t.element_size() for t in stored.values())
+    if source is not None:
+        before = sum(math.prod(shape) * dtype.itemsize for dtype, shape in source.shapes().values())
+    else:
+        before = after
+        for layer in layers:
+            entry = meta.layers[layer.name]
+            if entry.original_dtype is None:
+                return CheckResult("size", "skipped", f"the file does not record layer {layer.name!r}'s original "
+                                                      "dtype; pass the original checkpoint")
+            itemsize = FLOAT_NAMES[entry.original_dtype].itemsize
+            if layer.fmt is None:
+                before += sum(t.numel() * (itemsize - t.element_size()) for t in layer.tensors.values())
+            else:
+                parts = [t for n, t in layer.tensors.items() if n in layer.fmt.state_keys]
+                before += math.prod(entry.params["original_shape"]) * itemsize
+                before -= sum(t.numel() * t.element_size() for t in parts)
+    report.bytes_before, report.bytes_after = before, after
+    text = f"{format_bytes(before)} -> {format_bytes(after)}"
+    if after > before:
+        return CheckResult("size", "failed", f"the quantized file holds more bytes than the original ({text})")
+    return CheckResult("size", "passed", f"{text} ({before / after if after else 1.0:.2f}x smaller)")
+
+
+def _ordered(report: ValidationReport) -> ValidationReport:
+    report.checks = {name: report.checks[name] for name in CHECKS if name in report.checks}
+    return report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,15 +317,20 @@ def _own_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_sqnr(layers: list[QuantizedLayer], info: QuantizationInfo | None, min_db: float, report) -> CheckResult:
+def _measured(info: QuantizationInfo | None) -> dict[str, float]:
+    if info is None:
+        return {}
+    return {name: layer.sqnr_db for name, layer in info.layers.items() if layer.sqnr_db is not None}
+
+
+def _check_sqnr(layers: list[QuantizedLayer], known: Mapping[str, float], min_db: float, report) -> CheckResult:
+    """SQNR of every layer (from ``known`` when there, else measured) against ``min_db``."""
     if not layers:
         return CheckResult("sqnr", "skipped", "no quantized layers")
-    records = {} if info is None else info.layers
     missing = []
     for layer in layers:
-        known = records.get(layer.name)
-        if known is not None and known.sqnr_db is not None:
-            report.layer_sqnr[layer.name] = known.sqnr_db
+        if layer.name in known:
+            report.layer_sqnr[layer.name] = known[layer.name]
             continue
         measured = _measure_sqnr(layer)
         if measured is None:
