@@ -25,3 +25,18 @@ __all__ = [
     "nn",
     "register_scheme",
 ]
+
+# ---- static quantization: observers, calibration, INT8 activations ----
+from .calibration import CalibrationStats, LayerRange, calibrate  # noqa: E402 (kept apart for merges)
+from .observers import Observer, get_observer, register_observer  # noqa: E402
+from .static import static_quantize  # noqa: E402
+
+__all__ += [
+    "CalibrationStats",
+    "LayerRange",
+    "Observer",
+    "calibrate",
+    "get_observer",
+    "register_observer",
+    "static_quantize",
+]
