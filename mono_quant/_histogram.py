@@ -107,7 +107,13 @@ class RunningHistogram:
         pad = math.ceil((self.lo - new_lo) / width)
         k = max(2, math.ceil((pad + (new_hi - self.lo) / width) / self.bins))
         start = self.lo - pad * width
-        target = (pad + torch.arange(self.bins)) // k
+        # (pad + i) // k without big integers in torch (pad is huge after a tiny first range)
+        base, rest = divmod(pad, k)
+        index = torch.arange(self.bins)
+        if k <= 2**40:
+            target = base + (rest + index) // k
+        else:  # k > bins: each old bin lands in new bin base or base + 1
+            target = base + (index >= min(k - rest, self.bins)).long()
         counts = torch.zeros(self.bins, dtype=torch.int64)
         counts.index_add_(0, target, self.counts)
         self.counts = counts
