@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+import torch.utils.data
 from torch import nn
 
 PROGRESS_MIN_SAMPLES = 50  # with progress=None, a bar shows for more samples than this
@@ -94,6 +95,28 @@ def iter_batches(calib_data: Any) -> Iterator[Batch]:
             yield batch
 
 
+def expected_samples(calib_data: Any, num_samples: int) -> int:
+    """How many samples calibration will run: ``num_samples``, or fewer when ``calib_data``
+    says cheaply that it holds fewer (a tensor, a dict, a list or tuple of batches, a
+    DataLoader over a sized dataset); generators and other iterables count as ``num_samples``.
+
+    >>> expected_samples([torch.zeros(4, 8)] * 3, 150)
+    12
+    """
+    try:
+        if isinstance(calib_data, (torch.Tensor, Mapping)):
+            available = Batch.from_item(calib_data).rows
+        elif isinstance(calib_data, (list, tuple)):
+            available = sum(Batch.from_item(item).rows for item in calib_data)
+        elif isinstance(calib_data, torch.utils.data.DataLoader):
+            available = len(calib_data.dataset)  # type: ignore[arg-type]
+        else:
+            return num_samples
+    except (TypeError, NotImplementedError):  # iter_batches reports bad items when it meets them
+        return num_samples
+    return min(num_samples, available)
+
+
 class ProgressBar(Protocol):
     def update(self, n: int) -> Any: ...
 
@@ -130,7 +153,8 @@ class _PlainBar:
 @contextlib.contextmanager
 def progress_bar(total: int, enabled: bool | None, desc: str = "Calibrating") -> Iterator[ProgressBar]:
     """A bar counting samples up to ``total``: tqdm when installed, a plain one otherwise.
-    ``enabled=None`` shows it when ``total`` exceeds ``PROGRESS_MIN_SAMPLES``.
+    ``enabled=None`` shows it when ``total`` (see ``expected_samples``) exceeds
+    ``PROGRESS_MIN_SAMPLES``.
 
     >>> with progress_bar(150, None) as bar:
     ...     bar.update(32)

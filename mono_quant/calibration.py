@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import _kernels as K
-from ._calib_data import Batch, iter_batches, progress_bar
+from ._calib_data import Batch, expected_samples, iter_batches, progress_bar
 from ._layers import own_tensors
 from .config import QuantizationConfig
 from .observers import Observer, get_observer
@@ -115,8 +115,8 @@ def calibrate(
 
     ``calib_data``: a DataLoader or any iterable of batches (tensors, ``(input, target)``
     tuples, dicts of keyword arguments), or one tensor / dict. ``num_samples`` (default 150)
-    rows are used, then one more batch is held back. ``progress``: None shows a bar for more
-    than 50 samples, True always, False never. ``options``/``config`` as in
+    rows are used, then one more batch is held back. ``progress``: None shows a bar when more
+    than 50 samples will run, True always, False never. ``options``/``config`` as in
     ``static_quantize`` (``observer``, ``num_samples``, layer selection, ...).
 
     >>> stats = calibrate(model, loader, observer="percentile", num_samples=256)
@@ -169,7 +169,7 @@ def run_calibration(
     observer_cls = get_observer(cfg.observer)
     watches = {name: _InputWatch(name, observer_cls(cfg)) for name in layers}
     pairs = [(layers[name], watches[name]) for name in layers]
-    with inference(model), forward_hooks(pairs, pre=True), progress_bar(cfg.num_samples, progress) as bar:
+    with inference(model), forward_hooks(pairs, pre=True), progress_bar(expected_samples(calib_data, cfg.num_samples), progress) as bar:
         fed = _feed(model, calib_data, cfg.num_samples, bar.update)
     ranges = {name: watch.result(layers[name], cfg.observer) for name, watch in watches.items() if watch.calls}
     return CalibrationStats(

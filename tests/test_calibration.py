@@ -263,6 +263,14 @@ def test_progress_bar_shows_above_50_samples(capsys, num_samples, progress, show
         assert f"{num_samples}/{num_samples}" in err
 
 
+def test_no_progress_bar_when_the_data_holds_few_samples(capsys):
+    for data in (torch.randn(40, 16), batches(4, 10), DataLoader(TensorDataset(torch.randn(40, 16)), batch_size=8)):
+        calibrate(Recorder(), data, min_params=0)  # num_samples=150, but only 40 exist
+    assert capsys.readouterr().err == ""
+    calibrate(Recorder(), (b for b in batches(4, 10)), min_params=0)  # a generator cannot tell
+    assert "Calibrating" in capsys.readouterr().err
+
+
 def test_plain_progress_bar_without_tqdm(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "tqdm", None)
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
