@@ -67,19 +67,7 @@ def static_quantize(
         sqnr = output_sqnr(root, {name: (layers[name], new) for name, (new, _) in converted.items()}, stats.holdout)
         converted = {name: (new, _with_output_sqnr(record, sqnr.get(name), stats))
                      for name, (new, record) in converted.items()}
-    info = QuantizationInfo(config=cfg)
-    for name, module in list(root.named_modules()):
-        if name in converted:
-            info.add(converted[name][1])
-        elif name in layers:
-            info.add(skipped_layer(name, type(module).__name__, own_tensors(module), _uncalibrated(name, stats)))
-        elif name in skipped:
-            info.add(skipped_layer(name, type(module).__name__, own_tensors(module), skipped[name]))
-    if stats.holdout_is_calibration and converted:
-        info.warnings.append(
-            "calib_data ran out before a batch could be held back: output SQNRs were measured on "
-            "the last calibration batch; pass more than num_samples samples for an unseen batch"
-        )
+    info = _report(root, cfg, layers, skipped, {name: record for name, (_, record) in converted.items()}, stats)
     return _swap(root, {name: new for name, (new, _) in converted.items()}), info
 
 
@@ -105,6 +93,30 @@ def output_sqnr(
     with inference(root), forward_hooks(hooks, pre=False):
         batch.run(root)
     return results
+
+
+def _report(
+    root: nn.Module,
+    cfg: QuantizationConfig,
+    layers: Mapping[str, nn.Module],
+    skipped: Mapping[str, str],
+    records: Mapping[str, LayerInfo],
+    stats: CalibrationStats,
+) -> QuantizationInfo:
+    """Every considered layer in model order: converted, uncalibrated or skipped."""
+    info = QuantizationInfo(config=cfg)
+    for name, module in root.named_modules():
+        if name in records:
+            info.add(records[name])
+        elif name in layers or name in skipped:
+            reason = skipped[name] if name in skipped else _uncalibrated(name, stats)
+            info.add(skipped_layer(name, type(module).__name__, own_tensors(module), reason))
+    if stats.holdout_is_calibration and records:
+        info.warnings.append(
+            "calib_data ran out before a batch could be held back: output SQNRs were measured on "
+            "the last calibration batch; pass more than num_samples samples for an unseen batch"
+        )
+    return info
 
 
 def _with_output_sqnr(record: LayerInfo, sqnr: float | None, stats: CalibrationStats) -> LayerInfo:
