@@ -175,3 +175,81 @@ mq_status mq_sqnr(const void *x, mq_dtype x_dtype, const void *y, mq_dtype y_dty
     *out_db = 10.0 * log10(signal / noise);
   return MQ_OK;
 }
+
+/* ---- histogram (static quantization observers) ------------------------------------------ */
+#define MQ_HIST_MIN_ELEMS_PER_THREAD 65536
+#define MQ_HIST_MAX_PARTS 64
+#define MQ_HIST_MAX_BINS (1 << 24) /* bins - 1 must be exact in float32 */
+
+typedef struct {
+  const void *x;
+  mq_dtype dtype;
+  int64_t n, bins;
+  int parts;
+  float lo, step, last;
+  int64_t *part_counts; /* parts x bins, one private row per range */
+  atomic_int nonfinite;
+} histogram_job;
+
+/* Bin of every element of a float32 run, counted into `counts`; 0 if one is NaN or Inf. */
+static int histogram_run(const float *restrict v, int64_t len, float lo, float step, float last,
+                         int64_t *restrict counts) {
+  int finite = 1;
+  for (int64_t j = 0; j < len; j++) {
+    finite &= isfinite(v[j]) != 0;
+    float t = floorf((v[j] - lo) * step);
+    t = fminf(fmaxf(t, 0.0f), last); /* also maps the +-Inf of an overflowing v - lo */
+    counts[(int64_t)t]++;
+  }
+  return finite;
+}
+
+static void histogram_parts(void *ctx, int64_t part_begin, int64_t part_end) {
+  histogram_job *job = ctx;
+  float buf[1024]; /* F16 / BF16 are converted to float32 a slice at a time */
+  for (int64_t p = part_begin; p < part_end; p++) {
+    int64_t b, e;
+    mq_parallel_range(job->n, job->parts, 1, (int)p, &b, &e);
+    int64_t *counts = job->part_counts + p * job->bins;
+    for (int64_t i = 0; i < job->bins; i++) counts[i] = 0;
+    for (int64_t i = b; i < e; i += 1024) {
+      const int64_t len = e - i < 1024 ? e - i : 1024;
+      const float *run = (const float *)job->x + i;
+      if (job->dtype != MQ_F32) {
+        mq_row_to_f32((const uint16_t *)job->x + i, job->dtype, len, buf);
+        run = buf;
+      }
+      if (!histogram_run(run, len, job->lo, job->step, job->last, counts)) {
+        atomic_store(&job->nonfinite, 1);
+        return;
+      }
+    }
+  }
+}
+
+mq_status mq_histogram(const void *x, mq_dtype dtype, int64_t n, float lo, float hi, int64_t bins,
+                       int64_t *counts, int num_threads) {
+  if (!mq_is_float_dtype(dtype)) return MQ_ERR_DTYPE;
+  if (n < 0) return MQ_ERR_SHAPE;
+  if (bins < 1 || bins > MQ_HIST_MAX_BINS || !isfinite(lo) || !(lo < hi) || !isfinite(hi - lo))
+    return MQ_ERR_ARG;
+  const float step = (float)bins / (hi - lo);
+  if (!isfinite(step)) return MQ_ERR_ARG;
+  histogram_job job = {x, dtype, n, bins, 1, lo, step, (float)(bins - 1), NULL, 0};
+  job.parts = mq_parallel_parts(n, MQ_HIST_MIN_ELEMS_PER_THREAD, 1,
+                                num_threads < MQ_HIST_MAX_PARTS ? num_threads : MQ_HIST_MAX_PARTS);
+  job.part_counts = malloc(sizeof(int64_t) * (size_t)bins * (size_t)job.parts);
+  if (!job.part_counts) return MQ_ERR_NOMEM;
+  mq_parallel_for(job.parts, 1, 1, job.parts, histogram_parts, &job);
+  if (atomic_load(&job.nonfinite)) {
+    free(job.part_counts);
+    return MQ_ERR_NONFINITE;
+  }
+  for (int64_t i = 0; i < bins; i++) {
+    int64_t total = 0;
+    for (int p = 0; p < job.parts; p++) total += job.part_counts[p * bins + i];
+    counts[i] = total;
+  }
+  free(job.part_counts);
+  return MQ_OK;
+}

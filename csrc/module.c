@@ -9,6 +9,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdio.h>
 
 #include "dlpack.h"
@@ -306,6 +307,91 @@ static PyObject *py_sqnr(PyObject *self, PyObject *args) {
   return PyFloat_FromDouble(db);
 }
 
+/* ---- static quantization: histogram, integer x integer linear ------------------------------ */
+
+static PyObject *py_histogram(PyObject *self, PyObject *args) {
+  (void)self;
+  PyObject *o[2];
+  float lo, hi;
+  int threads;
+  if (!PyArg_ParseTuple(args, "OffOi:histogram", &o[0], &lo, &hi, &o[1], &threads)) return NULL;
+  static const arg_spec specs[2] = {{"x", FLOAT_DTYPES, -1, 0}, {"out_counts", DT(MQ_I64), 1, 1}};
+  mq_view v[2];
+  if (view_args(o, specs, v, 2) < 0) return NULL;
+  if (v[1].numel < 1) {
+    PyErr_SetString(PyExc_ValueError, "argument 'out_counts' must hold at least one bin");
+    return NULL;
+  }
+  if (!(lo < hi) || !isfinite(hi - lo) || !isfinite((float)v[1].numel / (hi - lo))) {
+    PyErr_Format(PyExc_ValueError,
+                 "histogram range [%g, %g] is invalid: lo < hi must hold, with hi - lo finite in "
+                 "float32 and not so small that bins / (hi - lo) overflows", lo, hi);
+    return NULL;
+  }
+  mq_status st;
+  Py_BEGIN_ALLOW_THREADS
+  st = mq_histogram(v[0].data, v[0].dtype, v[0].numel, lo, hi, v[1].numel, v[1].data, threads);
+  Py_END_ALLOW_THREADS
+  if (st != MQ_OK) return kernel_error(st, "histogram");
+  Py_RETURN_NONE;
+}
+
+/* linear_static(x_q[M,K], x_scale, x_zero_point, w_q[N,K], w_scale[N], w_zero_point[N],
+ *               bias[N] or None, out[M,N], threads) */
+static PyObject *py_linear_static(PyObject *self, PyObject *args) {
+  (void)self;
+  PyObject *o[6], *bias_obj;
+  float x_scale;
+  int x_zp, threads;
+  if (!PyArg_ParseTuple(args, "OfiOOOOOi:linear_static", &o[0], &x_scale, &x_zp, &o[1], &o[2],
+                        &o[3], &bias_obj, &o[5], &threads))
+    return NULL;
+  o[4] = bias_obj;
+  const int has_bias = bias_obj != Py_None;
+  static const arg_spec specs[6] = {{"x", INT8_DTYPES, 2, 0},           {"w", INT8_DTYPES, 2, 0},
+                                    {"w_scale", DT(MQ_F32), 1, 0},      {"w_zero_point", DT(MQ_I32), 1, 0},
+                                    {"bias", DT(MQ_F32), 1, 0},         {"out", FLOAT_DTYPES, 2, 1}};
+  mq_view v[6];
+  for (int i = 0; i < 6; i++)
+    if ((i != 4 || has_bias) && view_arg(o[i], &specs[i], &v[i]) < 0) return NULL;
+  const int64_t m = v[0].shape[0], k = v[0].shape[1], n = v[1].shape[0];
+  if (v[1].shape[1] != k) {
+    PyErr_Format(PyExc_ValueError, "x has %lld input features but w has %lld; they must agree",
+                 (long long)k, (long long)v[1].shape[1]);
+    return NULL;
+  }
+  if (n < 1 || k < 1) {
+    PyErr_Format(PyExc_ValueError, "w must have at least one row and one column; got [%lld, %lld]",
+                 (long long)n, (long long)k);
+    return NULL;
+  }
+  if (expect_len(&v[2], "w_scale", n) < 0 || expect_len(&v[3], "w_zero_point", n) < 0 ||
+      (has_bias && expect_len(&v[4], "bias", n) < 0))
+    return NULL;
+  if (v[5].shape[0] != m || v[5].shape[1] != n) {
+    PyErr_Format(PyExc_ValueError, "argument 'out' must have shape [%lld, %lld]; got [%lld, %lld]",
+                 (long long)m, (long long)n, (long long)v[5].shape[0], (long long)v[5].shape[1]);
+    return NULL;
+  }
+  mq_status st;
+  Py_BEGIN_ALLOW_THREADS
+  st = mq_linear_static_int8(v[0].data, v[0].dtype, x_scale, x_zp, v[1].data, v[1].dtype, v[2].data,
+                             v[3].data, has_bias ? v[4].data : NULL, m, n, k, v[5].data, v[5].dtype,
+                             threads);
+  Py_END_ALLOW_THREADS
+  if (st == MQ_ERR_ARG) {
+    PyErr_SetString(PyExc_ValueError,
+                    "linear_static: an argument is out of range: x_scale and every w_scale must be "
+                    "finite and > 0 (their products finite), each zero point inside its operand's "
+                    "integer range (int8: -128..127, uint8: 0..255), and the bias finite");
+    return NULL;
+  }
+  if (st != MQ_OK) return kernel_error(st, "linear_static");
+  Py_RETURN_NONE;
+}
+
+/* ---- module definition -------------------------------------------------------------------- */
+
 static PyMethodDef methods[] = {
     {"cpu_features", py_cpu_features, METH_NOARGS,
      "cpu_features() -> dict: SIMD features detected (and usable) on this CPU."},
@@ -318,6 +404,12 @@ static PyMethodDef methods[] = {
     {"dequantize", py_dequantize, METH_VARARGS,
      "dequantize(q[outer,C,inner], scale[C], zero_point[C], out, num_threads): INT8 -> float."},
     {"sqnr", py_sqnr, METH_VARARGS, "sqnr(x, y, num_threads) -> float: SQNR of y against x in dB."},
+    /* static quantization */
+    {"histogram", py_histogram, METH_VARARGS,
+     "histogram(x, lo, hi, out_counts[int64 bins], num_threads): counts over equal bins of [lo, hi]."},
+    {"linear_static", py_linear_static, METH_VARARGS,
+     "linear_static(x_q[M,K], x_scale, x_zero_point, w_q[N,K], w_scale[N], w_zero_point[N], "
+     "bias[N] or None, out[M,N], num_threads): integer x integer linear, float out."},
     {NULL, NULL, 0, NULL},
 };
 

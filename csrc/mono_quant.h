@@ -52,6 +52,7 @@ typedef enum {
   MQ_I8 = 3,
   MQ_U8 = 4,
   MQ_I32 = 5,
+  MQ_I64 = 6, /* histogram counts */
   MQ_DTYPE_COUNT
 } mq_dtype;
 
@@ -117,6 +118,41 @@ mq_status mq_int8_quantize(const void *x, mq_dtype x_dtype, int64_t outer, int64
 mq_status mq_int8_dequantize(const void *q, mq_dtype q_dtype, int64_t outer, int64_t channels,
                              int64_t inner, const float *scale, const int32_t *zero_point,
                              void *out, mq_dtype out_dtype, int num_threads);
+
+/* ---- static quantization: histograms (metrics.c), integer linear (linear_static.c) -------- */
+/*! mq_histogram() :
+ *  Counts the n elements of x (dtype F32, F16 or BF16) into `bins` equal-width bins over
+ *  [lo, hi]: with step = (float)bins / (hi - lo) (float32), element v goes to bin
+ *    clamp(floor((v - lo) * step), 0, bins - 1)
+ *  in float32 arithmetic, so values below lo land in bin 0 and values above hi in the last
+ *  bin.  counts: int64[bins], overwritten.  Each thread counts its own contiguous part into
+ *  private bins that are summed afterwards: integer sums, so the counts do not depend on
+ *  the thread count.
+ *  @return MQ_ERR_ARG unless lo < hi, hi - lo and step are finite and 1 <= bins <= 2^24;
+ *          MQ_ERR_NONFINITE if x holds NaN or Inf; MQ_ERR_NOMEM if the per-thread bins
+ *          cannot be allocated. */
+mq_status mq_histogram(const void *x, mq_dtype dtype, int64_t n, float lo, float hi, int64_t bins,
+                       int64_t *counts, int num_threads);
+
+/*! mq_linear_static_int8() :
+ *  Linear layer on quantized operands, integer x integer, float out:
+ *    acc[m][n] = sum_k (x[m][k] - x_zero_point) * (w[n][k] - w_zero_point[n])     (exact)
+ *    out[m][n] = (float)acc[m][n] * (x_scale * w_scale[n]) + bias[n]
+ *  x: MQ_I8 or MQ_U8 [m, k] (per-tensor quantized input); w: MQ_I8 or MQ_U8 [n, k] (per output
+ *  channel); w_scale: float[n]; w_zero_point: int32[n]; bias: float[n] or NULL; out: F32, F16
+ *  or BF16 [m, n], the float32 result rounded to nearest even.  The sum is exact (int32 over
+ *  blocks of 32768 products, then int64), its conversion to float rounds to nearest even, and
+ *  the scale product and the rescale are separate float32 roundings (no FMA), so results
+ *  match the torch reference bit for bit and do not depend on the thread count (threads
+ *  split the output channels n).
+ *  @return MQ_ERR_ARG if a zero point lies outside its operand's integer range, x_scale or a
+ *          w_scale is not finite and > 0, or a bias is not finite; MQ_ERR_SHAPE for m < 0 or
+ *          n, k < 1 (m == 0 does nothing); MQ_ERR_NOMEM if scratch memory fails. */
+mq_status mq_linear_static_int8(const void *x, mq_dtype x_dtype, float x_scale, int32_t x_zero_point,
+                                const void *w, mq_dtype w_dtype, const float *w_scale,
+                                const int32_t *w_zero_point, const float *bias, int64_t m,
+                                int64_t n, int64_t k, void *out, mq_dtype out_dtype,
+                                int num_threads);
 
 #ifdef __cplusplus
 }

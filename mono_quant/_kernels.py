@@ -229,3 +229,84 @@ def _check_channel_params(x3: torch.Tensor, scale: torch.Tensor, zp: torch.Tenso
             f"scale and zero_point need one value per channel ({channels}); "
             f"got {scale.numel()} and {zp.numel()}"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Static quantization: histogram (observers) and the integer x integer linear layer.
+# ---------------------------------------------------------------------------------------------
+
+
+def histogram(x: torch.Tensor, lo: float, hi: float, bins: int) -> torch.Tensor:
+    """Counts (int64 ``[bins]``, on ``x``'s device) of ``x``'s elements in ``bins`` equal bins
+    over ``[lo, hi]``; values outside the range count in the first or last bin. ``lo`` and
+    ``hi`` are rounded to float32 first (see ``_reference.histogram`` for the exact rule).
+
+    >>> counts = histogram(activations, -4.0, 4.0, 2048)
+    """
+    if isinstance(bins, bool) or not isinstance(bins, int) or not 1 <= bins <= ref.HISTOGRAM_MAX_BINS:
+        raise ValueError(f"bins must be an integer from 1 to {ref.HISTOGRAM_MAX_BINS}; got {bins!r}")
+    lo32, hi32 = (torch.tensor(float(v), dtype=torch.float32) for v in (lo, hi))
+    step = torch.tensor(float(bins), dtype=torch.float32) / (hi32 - lo32)
+    if not (bool(lo32 < hi32) and bool(torch.isfinite(hi32 - lo32)) and bool(torch.isfinite(step))):
+        raise ValueError(
+            f"histogram range [{lo:g}, {hi:g}] is invalid: lo < hi must hold, with hi - lo "
+            "finite in float32 and not so small that bins / (hi - lo) overflows"
+        )
+    x = x.detach()
+    if not _use_c(x):
+        return ref.histogram(x, float(lo32), float(hi32), bins)
+    counts = torch.empty(bins, dtype=torch.int64)
+    _C.histogram(_dl(x.reshape(-1)), float(lo32), float(hi32), _dl_out(counts), num_threads())
+    return counts
+
+
+def linear_static(
+    xq: torch.Tensor,
+    x_scale: float | torch.Tensor,
+    x_zp: int | torch.Tensor,
+    wq: torch.Tensor,
+    w_scale: torch.Tensor,
+    w_zp: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Linear layer on quantized operands: ``xq [..., K]`` (int8/uint8, one scale and zero
+    point) times ``wq [N, K]`` (int8/uint8, per output channel) -> float ``[..., N]``:
+    ``float32(sum_k (xq - x_zp)(wq - w_zp)) * (x_scale * w_scale) + bias``, the sum exact.
+
+    >>> xq = quantize(x, x_scale, x_zp, axis=None, qdtype=torch.uint8)
+    >>> y = linear_static(xq, x_scale, x_zp, layer.qweight, layer.scale, layer.zero_point, layer.bias)
+    """
+    x_scale = float(x_scale)
+    x_zp = int(x_zp)
+    _int8_range(xq.dtype)
+    _int8_range(wq.dtype)
+    if wq.dim() != 2 or xq.dim() < 1 or xq.shape[-1] != wq.shape[1]:
+        raise ValueError(
+            f"linear_static needs xq [..., K] and wq [N, K] with the same K; got "
+            f"{tuple(xq.shape)} and {tuple(wq.shape)}"
+        )
+    n, k = wq.shape
+    if n < 1 or k < 1:
+        raise ValueError(f"wq must have at least one row and one column; got {tuple(wq.shape)}")
+    if k > ref.LINEAR_STATIC_MAX_K:
+        raise ValueError(f"linear_static takes at most {ref.LINEAR_STATIC_MAX_K} input features; got {k}")
+    if w_scale.numel() != n or w_zp.numel() != n or (bias is not None and bias.numel() != n):
+        raise ValueError(
+            f"w_scale, w_zero_point and bias need one value per output channel ({n}); got "
+            f"{w_scale.numel()}, {w_zp.numel()} and {'-' if bias is None else bias.numel()}"
+        )
+    if out_dtype not in C_FLOAT_DTYPES:
+        raise ValueError(f"out_dtype must be one of {', '.join(map(str, C_FLOAT_DTYPES))}; got {out_dtype}")
+    x2 = xq.detach().reshape(-1, k)
+    lead = xq.shape[:-1]
+    if not (_use_c(x2, dtypes=(torch.int8, torch.uint8)) and wq.device.type == "cpu"):
+        out = ref.linear_static(x2, x_scale, x_zp, wq.detach(), w_scale, w_zp, bias, out_dtype)
+        return out.reshape(*lead, n)
+    out = torch.empty(x2.shape[0], n, dtype=out_dtype)
+    _C.linear_static(
+        _dl(x2), x_scale, x_zp, _dl(wq), _dl(w_scale.float().reshape(-1)),
+        _dl(w_zp.to(torch.int32).reshape(-1)), None if bias is None else _dl(bias.float().reshape(-1)),
+        _dl_out(out), num_threads(),
+    )
+    return out.reshape(*lead, n)

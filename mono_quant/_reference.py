@@ -124,3 +124,88 @@ def sqnr(x: torch.Tensor, y: torch.Tensor) -> float:
     if signal == 0.0:
         return -math.inf
     return 10.0 * math.log10(signal / noise)
+
+
+# ---------------------------------------------------------------------------------------------
+# Static quantization: histogram (observers) and the integer x integer linear layer.
+# ---------------------------------------------------------------------------------------------
+
+HISTOGRAM_MAX_BINS = 1 << 24  # bins - 1 must be exact in float32
+# Integer sums are formed in float64 below: exact while |sum| < 2^53, i.e. for up to
+# 2^53 / 255^2 (about 1.4e11) input features.
+LINEAR_STATIC_MAX_K = (1 << 53) // (255 * 255)
+
+
+def histogram(x: torch.Tensor, lo: float, hi: float, bins: int) -> torch.Tensor:
+    """Counts (int64 ``[bins]``) of the elements of ``x`` in ``bins`` equal bins over ``[lo, hi]``.
+
+    Element v goes to bin ``clamp(floor((v - lo) * step), 0, bins - 1)`` with
+    ``step = float32(bins) / (hi - lo)``, all in float32 (``lo``, ``hi`` are rounded to
+    float32 first), so values outside the range land in the first or last bin.
+    """
+    check_finite(x)
+    lo32 = torch.tensor(lo, dtype=torch.float32, device=x.device)
+    hi32 = torch.tensor(hi, dtype=torch.float32, device=x.device)
+    step = torch.tensor(float(bins), dtype=torch.float32, device=x.device) / (hi32 - lo32)
+    t = torch.floor((x.reshape(-1).float() - lo32) * step)
+    index = torch.clamp(t, 0.0, float(bins - 1)).long()
+    return torch.bincount(index, minlength=bins)
+
+
+def linear_static(
+    xq: torch.Tensor,
+    x_scale: float,
+    x_zp: int,
+    wq: torch.Tensor,
+    w_scale: torch.Tensor,
+    w_zp: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """``[M, N]`` output of a Linear layer on quantized operands ``xq [M, K]``, ``wq [N, K]``:
+
+        acc = (xq - x_zp) @ (wq - w_zp[:, None]).T        exact integers
+        out = float32(acc) * (float32(x_scale) * w_scale) + bias
+
+    The integer sum is formed in float64 (exact: products are at most 255^2 and every
+    partial sum stays below 2^53), then rounded once to float32, like the C kernel's int64.
+    """
+    check_linear_static_values(xq.dtype, x_scale, x_zp, wq.dtype, w_scale, w_zp, bias)
+    xs = xq.to(torch.float64) - float(x_zp)
+    ws = wq.to(torch.float64) - w_zp.to(torch.float64).reshape(-1, 1)
+    acc = xs @ ws.T
+    scale = torch.tensor(x_scale, dtype=torch.float32, device=xq.device) * w_scale.float()
+    out = acc.float() * scale
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype)
+
+
+def check_linear_static_values(
+    x_qdtype: torch.dtype,
+    x_scale: float,
+    x_zp: int,
+    w_qdtype: torch.dtype,
+    w_scale: torch.Tensor,
+    w_zp: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> None:
+    """The value checks of the C kernel, with its message: scales finite and > 0 (their
+    products finite), zero points inside their operand's range, a finite bias."""
+    xs = torch.tensor(x_scale, dtype=torch.float32)
+    ws = w_scale.detach().float().cpu()
+    x_lo, x_hi = INT8_RANGES[x_qdtype]
+    w_lo, w_hi = INT8_RANGES[w_qdtype]
+    zp = w_zp.detach().cpu()
+    ok = (
+        bool(torch.isfinite(xs)) and float(xs) > 0.0 and x_lo <= int(x_zp) <= x_hi
+        and bool((torch.isfinite(ws) & (ws > 0) & torch.isfinite(xs * ws)).all())
+        and bool(((zp >= w_lo) & (zp <= w_hi)).all())
+        and (bias is None or bool(torch.isfinite(bias.detach()).all()))
+    )
+    if not ok:
+        raise ValueError(
+            "linear_static: an argument is out of range: x_scale and every w_scale must be "
+            "finite and > 0 (their products finite), each zero point inside its operand's "
+            "integer range (int8: -128..127, uint8: 0..255), and the bias finite"
+        )

@@ -64,6 +64,16 @@ class QuantizationConfig:
     on_failure:             what a failed check does: "error" (raise ValidationError),
                             "warn" (a warning, also in info.warnings) or "ignore".
 
+    Static quantization only (``static_quantize`` / ``calibrate``):
+    observer:               how calibration picks each layer's input range: "minmax",
+                            "moving_average", "percentile", "mse" or a name registered with
+                            ``register_observer`` (see ``mono_quant.observers``).
+    num_samples:            calibration samples (batch rows) to run, at least 1.
+    percentile:             the "percentile" observer's upper percentile, > 50 and <= 100.
+    momentum:               the "moving_average" observer's weight of each new batch, in (0, 1].
+    activation_symmetric:   quantize layer inputs as int8 with zero point 0 (True) or as
+                            uint8 with a calibrated zero point (False).
+
     >>> cfg = QuantizationConfig(dtype=torch.qint8, skip_names=["lm_head"])
     >>> cfg.dtype, cfg.skip_names
     ('int8', ('lm_head',))
@@ -83,6 +93,12 @@ class QuantizationConfig:
     compute_sqnr: bool = True
     validate: bool = True
     on_failure: str = "warn"
+    # ---- static quantization (static_quantize / calibrate) ----
+    observer: str = "minmax"
+    num_samples: int = 150
+    percentile: float = 99.99
+    momentum: float = 0.1
+    activation_symmetric: bool = False
 
     def __post_init__(self) -> None:
         _set = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -98,6 +114,7 @@ class QuantizationConfig:
             _set(name, _names_tuple(name, getattr(self, name)))
         for name in ("layer_types", "skip_types"):
             _set(name, _types_tuple(name, getattr(self, name)))
+        _check_static_options(self, _set)
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
@@ -233,3 +250,27 @@ def _types_tuple(name: str, value: Any) -> tuple[TypeSpec, ...]:
                 f"{name} must contain nn.Module subclasses or class names such as 'Linear'; got {item!r}"
             )
     return items
+
+
+# ---- static quantization options ----------------------------------------------------------------
+
+
+def _check_static_options(config: QuantizationConfig, set_field) -> None:
+    """Validate (and normalise the observer name of) the static quantization fields."""
+    from .observers import normalize_observer_name  # late: observers import this module
+
+    set_field("observer", normalize_observer_name(config.observer))
+    _check_bool("activation_symmetric", config.activation_symmetric)
+    samples = config.num_samples
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"num_samples must be an integer >= 1; got {samples!r}")
+    if not _is_number(config.percentile) or not 50.0 < config.percentile <= 100.0:
+        raise ValueError(f"percentile must be a number > 50 and <= 100 (e.g. 99.99); got {config.percentile!r}")
+    if not _is_number(config.momentum) or not 0.0 < config.momentum <= 1.0:
+        raise ValueError(f"momentum must be a number > 0 and <= 1 (e.g. 0.1); got {config.momentum!r}")
+    set_field("percentile", float(config.percentile))
+    set_field("momentum", float(config.momentum))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value

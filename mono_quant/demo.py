@@ -145,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mono_quant.demo", description=__doc__.split("\n\n")[0])
     default = [d for d in ("int8", "int4") if d in scheme_names()]
     parser.add_argument("--dtype", nargs="+", default=default, help=f"schemes to run (default: {' '.join(default)})")
+    parser.add_argument("--no-static", action="store_true", help="skip static INT8 (calibrated activations)")
     parser.add_argument("--summary-only", action="store_true", help="print only the summary table")
     args = parser.parse_args(argv)
 
@@ -160,6 +161,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"\n## dynamic_quantize(model, dtype={dtype!r})\n")
             print(info)
         rows.append(_summary_row(f"{dtype} (dynamic)", q_model, fp32_bytes, info, reference, tokenizer, fp32_ms))
+    if not args.no_static:
+        from .demo_static import calibration_batches
+        from .static import static_quantize
+
+        q_model, info = static_quantize(model, calibration_batches(tokenizer), observer="mse",
+                                        num_samples=40, progress=False)
+        if not args.summary_only:
+            print("\n## static_quantize(model, calibration_batches, observer='mse', num_samples=40)\n")
+            print(info)
+        rows.append(_summary_row("int8 (static, mse)", q_model, fp32_bytes, info, reference, tokenizer, fp32_ms))
     _print_summary(rows)
     return 0
 

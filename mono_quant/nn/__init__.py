@@ -8,3 +8,9 @@ from .qconv2d import QuantizedConv2d
 from .qlinear import QuantizedLinear
 
 __all__ = ["QuantizedConv2d", "QuantizedLinear"]
+
+# ---- static quantization (calibrated INT8 inputs) ----
+from .qconv2d_static import StaticQuantizedConv2d  # noqa: E402 (kept apart for merges)
+from .qlinear_static import StaticQuantizedLinear  # noqa: E402
+
+__all__ += ["StaticQuantizedConv2d", "StaticQuantizedLinear"]

@@ -1,0 +1,151 @@
+"""``static_quantize``: INT8 weights and calibrated INT8 inputs for Linear and Conv2d layers."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import _kernels as K
+from ._calib_data import Batch
+from ._layers import own_tensors, skipped_layer
+from .calibration import (
+    CalibrationStats,
+    forward_hooks,
+    inference,
+    layer_input,
+    run_calibration,
+    select_layers,
+    static_config,
+)
+from .config import QuantizationConfig
+from .info import LayerInfo, QuantizationInfo
+from .schemes.static_int8 import StaticInt8Scheme
+
+
+def static_quantize(
+    model: nn.Module,
+    calib_data: Any,
+    *,
+    config: QuantizationConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    progress: bool | None = None,
+    **options: Any,
+) -> tuple[nn.Module, QuantizationInfo]:
+    """Statically quantize a copy of ``model``: nn.Linear and nn.Conv2d get INT8 weights (per
+    output channel) and INT8 inputs with a scale and zero point calibrated on ``calib_data``.
+    The original model is never modified, also when calibration fails.
+
+    ``calib_data``: a DataLoader or any iterable of batches (tensors, ``(input, target)``
+    tuples, dicts of keyword arguments), one tensor / dict, or the ``CalibrationStats`` of an
+    earlier ``calibrate(model, ...)``. ``options`` are the fields of ``QuantizationConfig``
+    (``observer``, ``num_samples``, ``percentile``, ``momentum``, ``activation_symmetric``,
+    layer selection, ...); they override ``config``, which overrides the config file, which
+    overrides the defaults. ``progress``: None shows a bar for more than 50 samples.
+    ``info`` records per layer the input range, scale and zero point, weight scales and the
+    SQNR of the layer's output on a held-back batch.
+
+    >>> q_model, info = static_quantize(model, loader, observer="percentile")
+    >>> print(info)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"static_quantize needs an nn.Module (it runs the model); got {type(model).__name__}")
+    cfg = static_config(config, options)
+    root = _copy(model)
+    layers, skipped = select_layers(root, cfg)
+    if isinstance(calib_data, CalibrationStats):
+        stats = calib_data
+    else:
+        stats = run_calibration(root, calib_data, layers, cfg, progress, skipped)
+    scheme = StaticInt8Scheme(cfg, stats)
+    converted = {name: scheme.convert_module(name, module) for name, module in layers.items() if name in stats.layers}
+    if cfg.compute_sqnr and stats.holdout is not None:
+        sqnr = output_sqnr(root, {name: (layers[name], new) for name, (new, _) in converted.items()}, stats.holdout)
+        converted = {name: (new, _with_output_sqnr(record, sqnr.get(name), stats))
+                     for name, (new, record) in converted.items()}
+    info = _report(root, cfg, layers, skipped, {name: record for name, (_, record) in converted.items()}, stats)
+    return _swap(root, {name: new for name, (new, _) in converted.items()}), info
+
+
+def output_sqnr(
+    root: nn.Module, pairs: Mapping[str, tuple[nn.Module, nn.Module]], batch: Batch
+) -> dict[str, float]:
+    """SQNR (dB) of each quantized layer's output against its float layer's output, both on
+    the input the float layer receives when ``root`` runs on ``batch`` (first call only).
+
+    >>> output_sqnr(model, {"fc1": (model.fc1, q_fc1)}, stats.holdout)
+    {'fc1': 38.2}
+    """
+    results: dict[str, float] = {}
+
+    def make_hook(name: str, quantized: nn.Module):
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            if name not in results and isinstance(output, torch.Tensor):
+                approx = quantized(layer_input(name, args, kwargs))
+                results[name] = K.sqnr(output.detach().float(), approx.float())
+        return hook
+
+    hooks = [(float_layer, make_hook(name, quantized)) for name, (float_layer, quantized) in pairs.items()]
+    with inference(root), forward_hooks(hooks, pre=False):
+        batch.run(root)
+    return results
+
+
+def _report(
+    root: nn.Module,
+    cfg: QuantizationConfig,
+    layers: Mapping[str, nn.Module],
+    skipped: Mapping[str, str],
+    records: Mapping[str, LayerInfo],
+    stats: CalibrationStats,
+) -> QuantizationInfo:
+    """Every considered layer in model order: converted, uncalibrated or skipped."""
+    info = QuantizationInfo(config=cfg)
+    for name, module in root.named_modules():
+        if name in records:
+            info.add(records[name])
+        elif name in layers or name in skipped:
+            reason = skipped[name] if name in skipped else _uncalibrated(name, stats)
+            info.add(skipped_layer(name, type(module).__name__, own_tensors(module), reason))
+    if stats.holdout_is_calibration and records:
+        info.warnings.append(
+            "calib_data ran out before a batch could be held back: output SQNRs were measured on "
+            "the last calibration batch; pass more than num_samples samples for an unseen batch"
+        )
+    return info
+
+
+def _with_output_sqnr(record: LayerInfo, sqnr: float | None, stats: CalibrationStats) -> LayerInfo:
+    where = "the last calibration batch" if stats.holdout_is_calibration else "a held-back batch"
+    details = {**record.details, "output_sqnr_db": sqnr, "sqnr_measured_on": where}
+    return dataclasses.replace(record, sqnr_db=sqnr, details=details)
+
+
+def _uncalibrated(name: str, stats: CalibrationStats) -> str:
+    if name in stats.never_called:
+        return "never called during calibration, so its inputs have no range; it stays float"
+    return "has no range in the CalibrationStats passed (calibrated with other options?); it stays float"
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    try:
+        return copy.deepcopy(model)
+    except Exception as exc:
+        raise TypeError(
+            f"could not copy the model ({type(exc).__name__}: {exc}); static_quantize works on a "
+            "deep copy so that your model stays untouched; make the model deep-copyable"
+        ) from exc
+
+
+def _swap(root: nn.Module, replacements: Mapping[str, nn.Module]) -> nn.Module:
+    """Put each replacement where its layer was (every parent slot of a shared layer)."""
+    by_id = {id(root.get_submodule(name)): new for name, new in replacements.items()}
+    for parent in list(root.modules()):
+        for attr, child in list(parent._modules.items()):
+            if child is not None and id(child) in by_id:
+                parent._modules[attr] = by_id[id(child)]
+    return by_id.get(id(root), root)
