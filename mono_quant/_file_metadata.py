@@ -144,7 +144,7 @@ def parse_metadata(raw: Mapping[str, str], path) -> FileMetadata:
     for key, text in raw.items():
         if key.startswith(LAYER_PREFIX):
             name = key[len(LAYER_PREFIX):]
-            meta.layers[name] = _parse_layer(name, _json_value(text, f"layer {name!r}", path), path)
+            meta.layers[name] = _parse_layer(name, _json_value(text, f"of layer {name!r}", path), path)
     return meta
 
 
@@ -206,11 +206,11 @@ def _json_value(text: str, what: str, path) -> Any:
     try:
         return json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
-        raise CorruptFileError(path, f"the metadata of {what} is not valid JSON ({exc})") from None
+        raise CorruptFileError(path, f"the metadata {what} is not valid JSON ({exc})") from None
 
 
 def _json_map(text: str, what: str, value_ok, path) -> dict:
-    value = _json_value(text, what, path)
+    value = _json_value(text, f"entry {what!r}", path)
     if not isinstance(value, dict) or not all(value_ok(v) for v in value.values()):
         raise CorruptFileError(path, f"the metadata entry {what!r} must be a JSON object of valid values")
     return value
