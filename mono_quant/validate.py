@@ -327,16 +327,22 @@ def _check_sqnr(layers: list[QuantizedLayer], known: Mapping[str, float], min_db
     """SQNR of every layer (from ``known`` when there, else measured) against ``min_db``."""
     if not layers:
         return CheckResult("sqnr", "skipped", "no quantized layers")
-    missing = []
+    missing, broken = [], []
     for layer in layers:
         if layer.name in known:
             report.layer_sqnr[layer.name] = known[layer.name]
             continue
-        measured = _measure_sqnr(layer)
+        try:
+            measured = _measure_sqnr(layer)
+        except ValueError as exc:  # scales the kernels refuse: the range check says which
+            broken.append(f"{layer.name or '(root)'} ({exc})")
+            continue
         if measured is None:
             missing.append(layer.name or "(root)")
         else:
             report.layer_sqnr[layer.name] = measured
+    if broken:
+        return CheckResult("sqnr", "failed", f"cannot dequantize {_listing(broken)}")
     low = sorted(((db, name) for name, db in report.layer_sqnr.items() if not db >= min_db))
     if low:
         shown = ", ".join(f"{name or '(root)'} ({format_sqnr(db)})" for db, name in low[:_SHOWN])

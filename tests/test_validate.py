@@ -1,0 +1,222 @@
+"""validate, validate_file and the end-of-dynamic_quantize checks with their on_failure modes."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from mono_quant import ValidationError, ValidationReport, dynamic_quantize, register_scheme, save_quantized, validate
+from mono_quant.schemes import Int8Scheme, registry
+from mono_quant.validate import CHECKS, meta_skeleton, validate_file
+
+from helpers import assert_same_snapshot, make_cnn, make_mlp, snapshot
+from io_helpers import TiedLM
+
+
+def test_a_good_model_passes_every_check(backend):
+    model = make_mlp().eval()
+    qmodel, info = dynamic_quantize(model, validate=False)
+    before = snapshot(model), snapshot(qmodel)
+    report = validate(model, qmodel, torch.randn(4, 64))
+    assert isinstance(report, ValidationReport) and report.passed and list(report.checks) == list(CHECKS)
+    assert all(c.status == "passed" for c in report.checks.values())
+    assert report.checks["load"].message == "outputs on the sample input are identical after save + load"
+    assert report.layer_sqnr.keys() == {"0", "3"} and min(report.layer_sqnr.values()) > 30
+    assert report.layer_sqnr["0"] == pytest.approx(info.layers["0"].sqnr_db)  # measured again, same number
+    assert report.bytes_after < report.bytes_before
+    text = str(report)
+    assert text.splitlines()[0].startswith("sqnr   PASSED") and text.endswith("Validation passed")
+    assert report.summary() == "all checks passed (sqnr, size, load, range)"
+    assert_same_snapshot(before[0], snapshot(model))
+    assert_same_snapshot(before[1], snapshot(qmodel))
+
+
+def test_without_a_sample_input_the_state_is_compared():
+    model = make_cnn()
+    qmodel, _ = dynamic_quantize(model, min_params=0, validate=False)
+    report = validate(model, qmodel)
+    assert report.passed and report.checks["load"].message.startswith("the state after save + load")
+
+
+@pytest.mark.parametrize("dtype", ["int8", "fp16"])
+def test_state_dicts_and_other_models(dtype):
+    model = TiedLM()
+    qsd, info = dynamic_quantize(model.state_dict(), dtype, validate=False)
+    assert validate(model.state_dict(), qsd, info=info).passed
+    qmodel, info = dynamic_quantize(model.train(), dtype, validate=False)
+    nn.init.zeros_(model.fc1.bias)
+    report = validate(model, qmodel, torch.randint(0, 50, (2, 8)))  # training mode, tied weights
+    assert report.passed, report
+
+
+def test_dropout_in_training_mode_compares_equal():
+    model = nn.Sequential(nn.Linear(64, 64), nn.Dropout(0.5), nn.Linear(64, 8)).train()
+    qmodel, _ = dynamic_quantize(model, validate=False)
+    assert validate(model, qmodel, (torch.randn(4, 64),)).passed
+
+
+def test_failures_name_the_problem():
+    model = make_mlp()
+    qmodel, _ = dynamic_quantize(model, validate=False)
+    report = validate(model, qmodel, min_sqnr_db=100.0)
+    assert not report.passed and [c.name for c in report.failures] == ["sqnr"]
+    assert report.checks["sqnr"].message.startswith("2 layer(s) below 100 dB: ")
+    with torch.no_grad():
+        qmodel[0].scale[3] = -1.0
+        qmodel[3].zero_point[0] = 999
+    report = validate(model, qmodel)
+    assert report.checks["range"].message == (
+        "0: scale has 1 value(s) <= 0 (min -1); 3: zero_point has values in [0, 999], outside [-128, 127]")
+    with pytest.raises(ValidationError, match="range check failed") as caught:
+        report.raise_if_failed()
+    assert caught.value.report is report
+    half, _ = dynamic_quantize(model, "fp16", validate=False)
+    report = validate(half, model)  # "quantizing" float16 to float32 grows the model
+    assert report.checks["size"].status == "failed" and "larger" in report.checks["size"].message
+
+
+def test_load_check_catches_a_model_that_cannot_round_trip():
+    class Extra(nn.Linear):
+        def get_extra_state(self):
+            return {"step": 3}
+
+        def set_extra_state(self, state):
+            pass
+
+    model = nn.Sequential(Extra(64, 64))
+    qmodel, _ = dynamic_quantize(model, validate=False)
+    report = validate(model, qmodel)
+    assert report.checks["load"].status == "failed"
+    assert "only tensors can be saved" in report.checks["load"].message
+
+
+def test_load_check_against_a_different_architecture():
+    qmodel, _ = dynamic_quantize(make_mlp(), validate=False)
+    report = validate(make_cnn(), qmodel)
+    assert report.checks["load"].status == "failed" and "CorruptFileError" in report.checks["load"].message
+
+
+def test_check_selection_and_arguments():
+    model = make_mlp()
+    qmodel, _ = dynamic_quantize(model, validate=False)
+    assert list(validate(model, qmodel, checks=["range", "size"]).checks) == ["size", "range"]
+    with pytest.raises(ValueError, match="unknown check\\(s\\) 'speed'; choose from sqnr, size, load, range"):
+        validate(model, qmodel, checks=["speed"])
+    with pytest.raises(TypeError, match="both be nn.Modules or both be state_dicts"):
+        validate(model, qmodel.state_dict())
+    report = validate(model, model)
+    assert report.checks["sqnr"].status == report.checks["range"].status == "skipped"
+
+
+def test_meta_skeleton_allocates_nothing_for_saved_tensors():
+    model = make_mlp()
+    model.register_buffer("cache", torch.ones(3), persistent=False)
+    skeleton = meta_skeleton(model)
+    assert all(p.is_meta for p in skeleton.parameters()) and not skeleton.cache.is_meta
+    assert not any(p.is_meta for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# At the end of dynamic_quantize.
+# ---------------------------------------------------------------------------------------------
+
+
+class _BrokenScheme(Int8Scheme):
+    """INT8, with a negative scale slipped into every layer: the range check must catch it."""
+
+    def __init__(self, config):
+        super().__init__(dataclasses.replace(config, dtype="int8"))
+
+    def convert_module(self, name, module):
+        quantized, record = super().convert_module(name, module)
+        with torch.no_grad():
+            quantized.scale[0] = -quantized.scale[0]
+        return quantized, record
+
+
+@pytest.fixture
+def broken(monkeypatch):
+    monkeypatch.setattr(registry, "_SCHEMES", dict(registry._SCHEMES))
+    register_scheme("broken", _BrokenScheme)
+    return "broken"
+
+
+def test_dynamic_quantize_validates_by_default():
+    qmodel, info = dynamic_quantize(make_mlp())
+    assert info.validation.passed and list(info.validation.checks) == list(CHECKS)
+    _, info = dynamic_quantize(make_mlp(), validate=False)
+    assert info.validation is None
+    _, info = dynamic_quantize(make_mlp(), compute_sqnr=False)
+    assert "sqnr" not in info.validation.checks and info.validation.passed
+
+
+def test_on_failure_warn_is_the_default(broken):
+    with pytest.warns(RuntimeWarning, match="validation failed: range check failed: 0: scale has 1 value"):
+        qmodel, info = dynamic_quantize(make_mlp(), broken)
+    assert not info.validation.passed and info.warnings[-1].startswith("validation failed: range check failed")
+    assert isinstance(qmodel, nn.Module)
+
+
+def test_on_failure_error_raises(broken):
+    with pytest.raises(ValidationError, match="range check failed.*pass on_failure='warn'") as caught:
+        dynamic_quantize(make_mlp(), broken, on_failure="error")
+    assert not caught.value.report.passed
+
+
+def test_on_failure_ignore_is_silent(broken):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, info = dynamic_quantize(make_mlp(), broken, on_failure="ignore")
+    assert not info.validation.passed and not any("validation" in w for w in info.warnings)
+
+
+def test_config_checks_the_new_options():
+    with pytest.raises(ValueError, match="on_failure must be one of 'error', 'warn', 'ignore'; got 'panic'"):
+        dynamic_quantize(make_mlp(), on_failure="panic")
+    with pytest.raises(ValueError, match="validate must be True or False"):
+        dynamic_quantize(make_mlp(), validate="yes")
+
+
+# ---------------------------------------------------------------------------------------------
+# From files alone.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_validate_file_with_and_without_the_original():
+    from safetensors.torch import save_file
+
+    from mono_quant import quantize_checkpoint
+
+    model = make_cnn()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, "cnn.safetensors")
+    info = quantize_checkpoint("cnn.safetensors", "q.safetensors", "int8", min_params=0)
+    alone = validate_file("q.safetensors")
+    assert alone.passed and alone.layer_sqnr == {n: r.sqnr_db for n, r in info.layers.items() if r.quantized}
+    against = validate_file("q.safetensors", "cnn.safetensors")
+    assert against.passed and against.layer_sqnr == pytest.approx(alone.layer_sqnr)
+    assert against.bytes_before == alone.bytes_before == info.total_bytes_before
+    assert validate_file("q.safetensors", min_sqnr_db=60).checks["sqnr"].status == "failed"
+
+
+def test_validate_file_reports_a_damaged_file():
+    qmodel, info = dynamic_quantize(make_mlp())
+    save_quantized(qmodel, "m.safetensors", info)
+    data = bytearray(open("m.safetensors", "rb").read())
+    data[-2] ^= 1
+    open("m.safetensors", "wb").write(bytes(data))
+    report = validate_file("m.safetensors")
+    assert report.checks["load"].status == "failed" and "CRC-32" in report.checks["load"].message
+    assert [c.status for c in report.checks.values()] == ["skipped", "skipped", "failed", "skipped"]
+
+
+def test_validate_file_without_recorded_sqnr_or_dtypes():
+    qmodel, _ = dynamic_quantize(make_mlp())
+    save_quantized(qmodel, "bare.pt")
+    report = validate_file("bare.pt")
+    assert report.passed
+    assert report.checks["sqnr"].status == "skipped" and "pass the original" in report.checks["sqnr"].message
+    assert report.checks["size"].status == "skipped"
