@@ -203,7 +203,9 @@ def int4_quantize(
             best_err = torch.where(better, err, best_err)
             s = torch.where(better, cand, s)
     nibbles = (_int4_levels(x, s, lo, hi) + zp).to(torch.uint8).reshape(n, k)
-    return int4_pack(nibbles), s.reshape(n, -1).to(torch.float16), zp.reshape(n, -1).to(torch.uint8)
+    groups = k // group_size
+    return (int4_pack(nibbles), s.reshape(n, groups).to(torch.float16),
+            zp.reshape(n, groups).to(torch.uint8))
 
 
 def int4_dequantize(
@@ -218,19 +220,21 @@ def int4_dequantize(
             "these tensors are not an INT4 weight"
         )
     n, k = qweight.shape[0], 2 * qweight.shape[1]
-    q = int4_unpack(qweight).to(torch.int32).reshape(n, k // group_size, group_size)
-    z = zero_point.to(torch.int32).reshape(n, -1, 1)
-    return ((q - z).float() * s.reshape(n, -1, 1)).to(out_dtype).reshape(n, k)
+    groups = k // group_size
+    q = int4_unpack(qweight).to(torch.int32).reshape(n, groups, group_size)
+    z = zero_point.to(torch.int32).reshape(n, groups, 1)
+    return ((q - z).float() * s.reshape(n, groups, 1)).to(out_dtype).reshape(n, k)
 
 
 def int4_pack(nibbles: torch.Tensor) -> torch.Tensor:
     """uint8 ``[n, k]`` values 0..15 -> uint8 ``[n, k/2]``, even k in the low nibble."""
     if bool((nibbles > 15).any()):
         raise ValueError("int4_pack: nibbles must be 0..15; mask them with & 15")
-    pairs = nibbles.reshape(nibbles.shape[0], -1, 2)
+    pairs = nibbles.reshape(nibbles.shape[0], nibbles.shape[1] // 2, 2)
     return pairs[..., 0] | (pairs[..., 1] << 4)
 
 
 def int4_unpack(qweight: torch.Tensor) -> torch.Tensor:
     """uint8 ``[n, k/2]`` -> nibbles uint8 ``[n, k]`` (the inverse of ``int4_pack``)."""
-    return torch.stack((qweight & 15, qweight >> 4), dim=-1).reshape(qweight.shape[0], -1)
+    n, half = qweight.shape
+    return torch.stack((qweight & 15, qweight >> 4), dim=-1).reshape(n, 2 * half)
