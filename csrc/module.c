@@ -390,6 +390,140 @@ static PyObject *py_linear_static(PyObject *self, PyObject *args) {
   Py_RETURN_NONE;
 }
 
+/* ---- INT4 group-wise ----------------------------------------------------------------------- */
+
+static int int4_expect_2d(const mq_view *v, const char *name, int64_t rows, int64_t cols) {
+  if (v->shape[0] != rows || v->shape[1] != cols) {
+    PyErr_Format(PyExc_ValueError, "argument '%s' must have shape [%lld, %lld]; got [%lld, %lld]",
+                 name, (long long)rows, (long long)cols, (long long)v->shape[0],
+                 (long long)v->shape[1]);
+    return -1;
+  }
+  return 0;
+}
+
+static int int4_check_group(long long group_size, int64_t k, const char *k_name) {
+  if (group_size != 32 && group_size != 64 && group_size != 128 && group_size != 256) {
+    PyErr_Format(PyExc_ValueError, "group_size must be one of 32, 64, 128, 256; got %lld", group_size);
+    return -1;
+  }
+  if (k % group_size != 0) {
+    PyErr_Format(PyExc_ValueError,
+                 "%s (%lld) must be a multiple of group_size (%lld); pick a group size that "
+                 "divides it", k_name, (long long)k, group_size);
+    return -1;
+  }
+  return 0;
+}
+
+static PyObject *py_int4_quantize(PyObject *self, PyObject *args) {
+  (void)self;
+  PyObject *o[4];
+  long long group_size;
+  int symmetric, method, threads;
+  if (!PyArg_ParseTuple(args, "OOOOLpii:int4_quantize", &o[0], &o[1], &o[2], &o[3], &group_size,
+                        &symmetric, &method, &threads))
+    return NULL;
+  static const arg_spec specs[4] = {{"x", FLOAT_DTYPES, 2, 0},
+                                    {"out_qweight", DT(MQ_U8), 2, 1},
+                                    {"out_scale", DT(MQ_F16), 2, 1},
+                                    {"out_zero_point", DT(MQ_U8), 2, 1}};
+  mq_view v[4];
+  if (view_args(o, specs, v, 4) < 0) return NULL;
+  const int64_t n = v[0].shape[0], k = v[0].shape[1];
+  if (int4_check_group(group_size, k, "the input dimension of 'x'") < 0) return NULL;
+  if (method != MQ_INT4_ABSMAX && method != MQ_INT4_MSE) {
+    PyErr_Format(PyExc_ValueError, "method must be %d (absmax) or %d (mse); got %d", MQ_INT4_ABSMAX,
+                 MQ_INT4_MSE, method);
+    return NULL;
+  }
+  if (int4_expect_2d(&v[1], "out_qweight", n, k / 2) < 0 ||
+      int4_expect_2d(&v[2], "out_scale", n, k / group_size) < 0 ||
+      int4_expect_2d(&v[3], "out_zero_point", n, k / group_size) < 0)
+    return NULL;
+  mq_status st;
+  Py_BEGIN_ALLOW_THREADS
+  st = mq_int4_quantize_pack(v[0].data, v[0].dtype, n, k, group_size, symmetric,
+                             (mq_int4_scale_method)method, v[1].data, v[2].data, v[3].data, threads);
+  Py_END_ALLOW_THREADS
+  if (st != MQ_OK) return kernel_error(st, "int4_quantize");
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_int4_dequantize(PyObject *self, PyObject *args) {
+  (void)self;
+  PyObject *o[4];
+  long long group_size;
+  int threads;
+  if (!PyArg_ParseTuple(args, "OOOOLi:int4_dequantize", &o[0], &o[1], &o[2], &o[3], &group_size,
+                        &threads))
+    return NULL;
+  static const arg_spec specs[4] = {{"qweight", DT(MQ_U8), 2, 0},
+                                    {"scale", DT(MQ_F16), 2, 0},
+                                    {"zero_point", DT(MQ_U8), 2, 0},
+                                    {"out", FLOAT_DTYPES, 2, 1}};
+  mq_view v[4];
+  if (view_args(o, specs, v, 4) < 0) return NULL;
+  const int64_t n = v[0].shape[0], k = 2 * v[0].shape[1];
+  if (int4_check_group(group_size, k, "2 * qweight.shape[1]") < 0) return NULL;
+  if (int4_expect_2d(&v[1], "scale", n, k / group_size) < 0 ||
+      int4_expect_2d(&v[2], "zero_point", n, k / group_size) < 0 ||
+      int4_expect_2d(&v[3], "out", n, k) < 0)
+    return NULL;
+  mq_status st;
+  Py_BEGIN_ALLOW_THREADS
+  st = mq_int4_unpack_dequantize(v[0].data, v[1].data, v[2].data, n, k, group_size, v[3].data,
+                                 v[3].dtype, threads);
+  Py_END_ALLOW_THREADS
+  if (st == MQ_ERR_ARG) {
+    PyErr_SetString(PyExc_ValueError, "int4_dequantize: every scale must be finite and > 0 and "
+                    "every zero_point at most 15; these tensors are not an INT4 weight");
+    return NULL;
+  }
+  if (st != MQ_OK) return kernel_error(st, "int4_dequantize");
+  Py_RETURN_NONE;
+}
+
+/* pack(nibbles[n, k], out_qweight[n, k/2]) and unpack(qweight[n, k/2], out_nibbles[n, k]). */
+static PyObject *int4_nibbles(PyObject *args, const char *format, const arg_spec *specs, int pack) {
+  PyObject *o[2];
+  int threads;
+  if (!PyArg_ParseTuple(args, format, &o[0], &o[1], &threads)) return NULL;
+  mq_view v[2];
+  if (view_args(o, specs, v, 2) < 0) return NULL;
+  const mq_view *nib = pack ? &v[0] : &v[1], *packed = pack ? &v[1] : &v[0];
+  const int64_t n = nib->shape[0], k = nib->shape[1];
+  if (k % 2 != 0) {
+    PyErr_Format(PyExc_ValueError, "argument '%s' must have an even number of columns; got %lld",
+                 specs[pack ? 0 : 1].name, (long long)k);
+    return NULL;
+  }
+  if (int4_expect_2d(packed, specs[pack ? 1 : 0].name, n, k / 2) < 0) return NULL;
+  mq_status st;
+  Py_BEGIN_ALLOW_THREADS
+  st = pack ? mq_int4_pack(v[0].data, n, k, v[1].data, threads)
+            : mq_int4_unpack(v[0].data, n, k, v[1].data, threads);
+  Py_END_ALLOW_THREADS
+  if (st == MQ_ERR_ARG) {
+    PyErr_SetString(PyExc_ValueError, "int4_pack: nibbles must be 0..15; mask them with & 15");
+    return NULL;
+  }
+  if (st != MQ_OK) return kernel_error(st, pack ? "int4_pack" : "int4_unpack");
+  Py_RETURN_NONE;
+}
+
+static PyObject *py_int4_pack(PyObject *self, PyObject *args) {
+  (void)self;
+  static const arg_spec specs[2] = {{"nibbles", DT(MQ_U8), 2, 0}, {"out_qweight", DT(MQ_U8), 2, 1}};
+  return int4_nibbles(args, "OOi:int4_pack", specs, 1);
+}
+
+static PyObject *py_int4_unpack(PyObject *self, PyObject *args) {
+  (void)self;
+  static const arg_spec specs[2] = {{"qweight", DT(MQ_U8), 2, 0}, {"out_nibbles", DT(MQ_U8), 2, 1}};
+  return int4_nibbles(args, "OOi:int4_unpack", specs, 0);
+}
+
 /* ---- module definition -------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -410,6 +544,16 @@ static PyMethodDef methods[] = {
     {"linear_static", py_linear_static, METH_VARARGS,
      "linear_static(x_q[M,K], x_scale, x_zero_point, w_q[N,K], w_scale[N], w_zero_point[N], "
      "bias[N] or None, out[M,N], num_threads): integer x integer linear, float out."},
+    /* INT4 group-wise */
+    {"int4_quantize", py_int4_quantize, METH_VARARGS,
+     "int4_quantize(x[n,k], out_qweight[n,k/2], out_scale[n,k/g], out_zero_point[n,k/g], g, "
+     "symmetric, method, num_threads): INT4 group-wise quantize + pack (method 0 absmax, 1 mse)."},
+    {"int4_dequantize", py_int4_dequantize, METH_VARARGS,
+     "int4_dequantize(qweight[n,k/2], scale[n,k/g], zero_point[n,k/g], out[n,k], g, num_threads)."},
+    {"int4_pack", py_int4_pack, METH_VARARGS,
+     "int4_pack(nibbles[n,k], out_qweight[n,k/2], num_threads): two nibbles per byte, even k low."},
+    {"int4_unpack", py_int4_unpack, METH_VARARGS,
+     "int4_unpack(qweight[n,k/2], out_nibbles[n,k], num_threads): the inverse of int4_pack."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -310,3 +310,146 @@ def linear_static(
         _dl_out(out), num_threads(),
     )
     return out.reshape(*lead, n)
+# INT4 group-wise: quantize + pack, unpack + dequantize, pack / unpack nibbles.
+# ---------------------------------------------------------------------------------------------
+
+INT4_GROUP_SIZES = ref.INT4_GROUP_SIZES
+INT4_SCALE_METHODS = ref.INT4_SCALE_METHODS
+# "mse" costs about 3x "absmax" in C and gains 0.9 to 1.6 dB on Gaussian weights (symmetric,
+# g32..g256; docs/design.md); the config default lives in mono_quant.config.
+INT4_DEFAULT_SCALE_METHOD = "mse"
+_INT4_METHOD_CODES = {"absmax": 0, "mse": 1}  # mq_int4_scale_method
+
+
+def int4_quantize(
+    w: torch.Tensor,
+    group_size: int = 128,
+    symmetric: bool = True,
+    scale_method: str = INT4_DEFAULT_SCALE_METHOD,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """INT4 group-wise quantization of a 2-D weight ``[out, in]`` along ``in``.
+
+    Returns ``qweight`` uint8 ``[out, in // 2]`` (even ``k`` in the low nibble), ``scale``
+    float16 ``[out, in // group_size]`` and ``zero_point`` uint8 (8 when symmetric).
+
+    >>> qweight, scale, zp = int4_quantize(linear.weight, group_size=128)
+    >>> w_hat = int4_dequantize(qweight, scale, zp, group_size=128)
+    """
+    check_int4_group_size(group_size)
+    if scale_method not in INT4_SCALE_METHODS:
+        raise ValueError(f"scale_method must be one of {', '.join(map(repr, INT4_SCALE_METHODS))}; "
+                         f"got {scale_method!r}")
+    w = w.detach()
+    if w.dim() != 2:
+        raise ValueError(f"int4_quantize takes a 2-D weight [out_features, in_features]; got shape "
+                         f"{tuple(w.shape)} (reshape it to 2-D first)")
+    if not w.is_floating_point():
+        raise TypeError(f"int4_quantize needs a floating-point weight (float32, float16 or bfloat16); "
+                        f"got {w.dtype} (convert with .float())")
+    check_int4_divisible(w.shape[1], group_size)
+    if w.dtype == torch.float64:
+        w = w.float()  # quantization arithmetic is float32 on both backends
+    if not _use_c(w):
+        return ref.int4_quantize(w, group_size, bool(symmetric), scale_method)
+    w = w.contiguous()
+    n, k = w.shape
+    qweight = torch.empty(n, k // 2, dtype=torch.uint8)
+    scale = torch.empty(n, k // group_size, dtype=torch.float16)
+    zero_point = torch.empty(n, k // group_size, dtype=torch.uint8)
+    _C.int4_quantize(_dl(w), _dl_out(qweight), _dl_out(scale), _dl_out(zero_point), group_size,
+                     bool(symmetric), _INT4_METHOD_CODES[scale_method], num_threads())
+    return qweight, scale, zero_point
+
+
+def int4_dequantize(
+    qweight: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    group_size: int,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The float weight ``[out, in]`` of an INT4 triple: ``(nibble - zero_point) * scale``.
+
+    >>> w_hat = int4_dequantize(qweight, scale, zp, group_size=128, out_dtype=torch.float16)
+    >>> w_hat.shape == (qweight.shape[0], 2 * qweight.shape[1])
+    """
+    check_int4_group_size(group_size)
+    _check_uint8_2d("qweight", qweight)
+    n, k = qweight.shape[0], 2 * qweight.shape[1]
+    check_int4_divisible(k, group_size, what="2 * qweight.shape[1]")
+    expected = (n, k // group_size)
+    for name, t, dtype in (("scale", scale, torch.float16), ("zero_point", zero_point, torch.uint8)):
+        if t.dtype != dtype:
+            raise TypeError(f"{name} must be {dtype} as int4_quantize returns it; got {t.dtype}")
+        if tuple(t.shape) != expected:
+            raise ValueError(f"{name} must have shape {list(expected)} for qweight {list(qweight.shape)} "
+                             f"and group_size {group_size}; got {list(t.shape)}")
+    if not out_dtype.is_floating_point:
+        raise TypeError(f"out_dtype must be a floating-point dtype; got {out_dtype}")
+    qweight, scale, zero_point = qweight.detach(), scale.detach(), zero_point.detach()
+    if not _use_c(qweight, dtypes=(torch.uint8,)) or out_dtype not in C_FLOAT_DTYPES:
+        return ref.int4_dequantize(qweight, scale, zero_point, group_size, out_dtype)
+    out = torch.empty(n, k, dtype=out_dtype)
+    _C.int4_dequantize(_dl(qweight), _dl(scale), _dl(zero_point), _dl_out(out), group_size,
+                       num_threads())
+    return out
+
+
+def int4_pack(nibbles: torch.Tensor) -> torch.Tensor:
+    """Pack uint8 nibbles ``[n, k]`` (values 0..15, ``k`` even) into ``[n, k // 2]`` bytes.
+
+    >>> int4_pack(torch.tensor([[1, 2]], dtype=torch.uint8))
+    tensor([[33]], dtype=torch.uint8)
+    """
+    _check_uint8_2d("nibbles", nibbles)
+    if nibbles.shape[1] % 2:
+        raise ValueError(f"nibbles must have an even number of columns; got {nibbles.shape[1]}")
+    nibbles = nibbles.detach()
+    if not _use_c(nibbles, dtypes=(torch.uint8,)):
+        return ref.int4_pack(nibbles)
+    qweight = torch.empty(nibbles.shape[0], nibbles.shape[1] // 2, dtype=torch.uint8)
+    _C.int4_pack(_dl(nibbles), _dl_out(qweight), num_threads())
+    return qweight
+
+
+def int4_unpack(qweight: torch.Tensor) -> torch.Tensor:
+    """Unpack ``[n, k // 2]`` bytes into uint8 nibbles ``[n, k]`` (the inverse of ``int4_pack``).
+
+    >>> int4_unpack(torch.tensor([[33]], dtype=torch.uint8))
+    tensor([[1, 2]], dtype=torch.uint8)
+    """
+    _check_uint8_2d("qweight", qweight)
+    qweight = qweight.detach()
+    if not _use_c(qweight, dtypes=(torch.uint8,)):
+        return ref.int4_unpack(qweight)
+    nibbles = torch.empty(qweight.shape[0], 2 * qweight.shape[1], dtype=torch.uint8)
+    _C.int4_unpack(_dl(qweight), _dl_out(nibbles), num_threads())
+    return nibbles
+
+
+def check_int4_group_size(group_size: int) -> None:
+    """Raise ``ValueError`` unless ``group_size`` is one of ``INT4_GROUP_SIZES``."""
+    if isinstance(group_size, bool) or group_size not in INT4_GROUP_SIZES:
+        raise ValueError(f"group_size must be one of {', '.join(map(str, INT4_GROUP_SIZES))}; "
+                         f"got {group_size!r}")
+
+
+def int4_group_size_hint(k: int) -> str:
+    """What to do when ``k`` is not a multiple of the group size (for error messages)."""
+    fitting = [g for g in INT4_GROUP_SIZES if k % g == 0]
+    if fitting:
+        return f"use group_size={fitting[-1]} (divides {k}) or quantize this layer as INT8"
+    return "no INT4 group size divides it; quantize this layer as INT8 per channel"
+
+
+def check_int4_divisible(k: int, group_size: int, what: str = "in_features") -> None:
+    if k % group_size:
+        raise ValueError(f"{what} ({k}) must be a multiple of group_size ({group_size}); "
+                         f"{int4_group_size_hint(k)}")
+
+
+def _check_uint8_2d(name: str, t: torch.Tensor) -> None:
+    if t.dtype != torch.uint8:
+        raise TypeError(f"{name} must be a uint8 tensor; got {t.dtype}")
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D [rows, columns]; got shape {tuple(t.shape)}")

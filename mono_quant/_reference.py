@@ -209,3 +209,115 @@ def check_linear_static_values(
             "finite and > 0 (their products finite), each zero point inside its operand's "
             "integer range (int8: -128..127, uint8: 0..255), and the bias finite"
         )
+# INT4 group-wise (twin of csrc/int4.c; formulas in csrc/mono_quant.h and docs/design.md)
+# ---------------------------------------------------------------------------------------------
+
+INT4_GROUP_SIZES = (32, 64, 128, 256)
+INT4_SCALE_METHODS = ("absmax", "mse")
+# Scales live in float16: clamped to its positive finite range before rounding into it.
+INT4_MIN_SCALE = 2.0**-24
+INT4_MAX_SCALE = 65504.0
+# The candidates of scale_method="mse" (table in csrc/mono_quant.h): scale = range / divisor,
+# the absmax divisor first; keyed by (symmetric, group_size).
+INT4_MSE_DIVISORS = {
+    (True, 32): (7.0, 7.5, 8.0, 8.5),
+    (True, 64): (7.0, 7.75, 8.25, 8.75),
+    (True, 128): (7.0, 8.0, 8.5, 9.0),
+    (True, 256): (7.0, 8.5, 9.0, 9.75),
+    (False, 32): (15.0, 15.25, 15.5, 16.0),
+    (False, 64): (15.0, 15.5, 15.75, 16.25),
+    (False, 128): (15.0, 15.75, 16.25, 17.0),
+    (False, 256): (15.0, 16.5, 17.25, 18.0),
+}
+
+
+def _int4_scale(rng: torch.Tensor, divisor: float) -> torch.Tensor:
+    """f16(clamp(range / divisor, 2^-24, 65504)) as float32: the scale that is stored."""
+    s = torch.clamp(rng / divisor, INT4_MIN_SCALE, INT4_MAX_SCALE)
+    return s.to(torch.float16).to(torch.float32)
+
+
+def _int4_levels(x: torch.Tensor, s: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """round_half_even(clamp(x / s, lo, hi)): signed levels, nibble = level + zero_point."""
+    return torch.round(torch.clamp(x / s, lo, hi))
+
+
+def _int4_group_error(x: torch.Tensor, s: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Squared error per group of ``x [..., g]``, summed by C's pairwise tree (float32)."""
+    d = x - _int4_levels(x, s, lo, hi) * s
+    e = d * d
+    while e.shape[-1] > 1:
+        h = e.shape[-1] // 2
+        e = e[..., :h] + e[..., h:]
+    return e
+
+
+def int4_quantize(
+    x2: torch.Tensor, group_size: int, symmetric: bool, scale_method: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """INT4 group-wise quantization of ``x2 [n, k]`` -> (qweight uint8 [n, k/2], scale float16
+    [n, k/g], zero_point uint8 [n, k/g]); see ``csrc/mono_quant.h`` for the formulas."""
+    check_finite(x2)
+    n, k = x2.shape
+    if n * k == 0:
+        params = torch.empty(n, k // group_size, device=x2.device)
+        return (torch.empty(n, k // 2, dtype=torch.uint8, device=x2.device),
+                params.to(torch.float16), params.to(torch.uint8))
+    x = x2.float().reshape(n, k // group_size, group_size)
+    mn = x.amin(dim=-1, keepdim=True)
+    mx = x.amax(dim=-1, keepdim=True)
+    divisors = INT4_MSE_DIVISORS[(symmetric, group_size)]
+    if symmetric:
+        rng = torch.maximum(mn.abs(), mx.abs())
+        s = _int4_scale(rng, divisors[0])
+        zp = torch.full_like(s, 8.0)
+    else:
+        lo_x = torch.clamp_max(mn, 0.0)
+        rng = torch.clamp_min(mx, 0.0) - lo_x
+        s = _int4_scale(rng, divisors[0])
+        zp = torch.clamp(-torch.round(lo_x / s), 0.0, 15.0)
+    lo, hi = -zp, 15.0 - zp
+    if scale_method == "mse":
+        best_err = _int4_group_error(x, s, lo, hi)
+        for divisor in divisors[1:]:
+            cand = _int4_scale(rng, divisor)
+            err = _int4_group_error(x, cand, lo, hi)
+            better = err < best_err  # strict: the first best wins
+            best_err = torch.where(better, err, best_err)
+            s = torch.where(better, cand, s)
+    nibbles = (_int4_levels(x, s, lo, hi) + zp).to(torch.uint8).reshape(n, k)
+    groups = k // group_size
+    return (int4_pack(nibbles), s.reshape(n, groups).to(torch.float16),
+            zp.reshape(n, groups).to(torch.uint8))
+
+
+def int4_dequantize(
+    qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, group_size: int,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """``float32(nibble - zero_point) * float32(scale)``, rounded to ``out_dtype``, shape [n, k]."""
+    s = scale.float()
+    if not bool((torch.isfinite(s) & (s > 0)).all()) or bool((zero_point > 15).any()):
+        raise ValueError(
+            "int4_dequantize: every scale must be finite and > 0 and every zero_point at most 15; "
+            "these tensors are not an INT4 weight"
+        )
+    n, k = qweight.shape[0], 2 * qweight.shape[1]
+    groups = k // group_size
+    q = int4_unpack(qweight).to(torch.int32).reshape(n, groups, group_size)
+    z = zero_point.to(torch.int32).reshape(n, groups, 1)
+    return ((q - z).float() * s.reshape(n, groups, 1)).to(out_dtype).reshape(n, k)
+
+
+def int4_pack(nibbles: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[n, k]`` values 0..15 -> uint8 ``[n, k/2]``, even k in the low nibble."""
+    if bool((nibbles > 15).any()):
+        raise ValueError("int4_pack: nibbles must be 0..15; mask them with & 15")
+    pairs = nibbles.reshape(nibbles.shape[0], nibbles.shape[1] // 2, 2)
+    return pairs[..., 0] | (pairs[..., 1] << 4)
+
+
+def int4_unpack(qweight: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[n, k/2]`` -> nibbles uint8 ``[n, k]`` (the inverse of ``int4_pack``)."""
+    n, half = qweight.shape
+    return torch.stack((qweight & 15, qweight >> 4), dim=-1).reshape(n, 2 * half)
