@@ -24,7 +24,7 @@ _SHOWN = 3
 @dataclass
 class _Plan:
     layers: list[tuple[nn.Module, LayerEntry, dict[str, torch.Tensor]]] = field(default_factory=list)
-    plain: list[tuple[nn.Module, str, torch.Tensor]] = field(default_factory=list)
+    plain: list[tuple[nn.Module, str, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # owner, attr, old, new
 
 
 def fill_skeleton(model: nn.Module, tensors: Mapping[str, torch.Tensor], meta: FileMetadata, path: str) -> nn.Module:
@@ -112,13 +112,13 @@ def _plan_plain(model, by_name, replaced_names, tensors, consumed, plan: _Plan, 
                                          "values for them")
         taken.setdefault(id(current), (key, tensor))
         consumed.add(key)
-        plan.plain.append((owner, attr, tensor))
+        plan.plain.append((owner, attr, current, tensor))
     if missing:
         raise CorruptFileError(path, f"missing tensor(s) {_listing(missing)}: the model has them, the file does not")
 
 
 def _check_no_meta_left(model: nn.Module, replaced: Mapping[int, object], plan: _Plan) -> None:
-    filled = {(id(owner), attr) for owner, attr, _ in plan.plain}
+    filled = {(id(owner), attr) for owner, attr, _, _ in plan.plain}
     for name, module in model.named_modules():
         if id(module) in replaced:
             continue
@@ -137,18 +137,17 @@ def _apply(model: nn.Module, plan: _Plan) -> nn.Module:
             for attr, tensor in store.items():
                 if tensor is not None:
                     holders.setdefault(id(tensor), []).append((store, attr))
-    made: dict[int, torch.Tensor] = {}
-    for owner, attr, tensor in plan.plain:
-        old = owner._parameters[attr] if attr in owner._parameters else owner._buffers[attr]
-        new = made.get(id(old))
-        if new is None:
-            if isinstance(old, nn.Parameter):
-                new = nn.Parameter(tensor, requires_grad=old.requires_grad and tensor.is_floating_point())
-            else:
-                new = tensor
-            made[id(old)] = new
-            for store, name in holders.get(id(old), [(owner._parameters if attr in owner._parameters else owner._buffers, attr)]):
-                store[name] = new
+    made: dict[int, torch.Tensor] = {}  # id(old) -> new; the plan keeps every old tensor alive
+    for owner, attr, old, tensor in plan.plain:
+        if id(old) in made:
+            continue  # tied to a tensor already replaced, in every place that holds it
+        if isinstance(old, nn.Parameter):
+            new = nn.Parameter(tensor, requires_grad=old.requires_grad and tensor.is_floating_point())
+        else:
+            new = tensor
+        made[id(old)] = new
+        for store, name in holders[id(old)]:
+            store[name] = new
     slots: dict[int, list[tuple[nn.Module, str]]] = {}
     for parent in model.modules():
         for attr, child in parent._modules.items():
