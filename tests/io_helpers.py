@@ -95,3 +95,14 @@ def drop_tensor(path: Path, name: str) -> None:
         for n, t in tensors.items():
             writer.write(n, t)
         writer.finish(header.metadata)
+
+
+def int4_quantize_linears(model: nn.Module, group_size: int = 32, symmetric: bool = True) -> nn.Module:
+    """Replace every nn.Linear whose in_features fits ``group_size`` by QuantizedLinearInt4 (in place)."""
+    from mono_quant.nn.qlinear_int4 import QuantizedLinearInt4
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear and QuantizedLinearInt4.supports(child, group_size) is None:
+                parent._modules[name] = QuantizedLinearInt4.from_float(child, group_size, symmetric)
+    return model

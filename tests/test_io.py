@@ -16,7 +16,7 @@ from mono_quant import CorruptFileError, dynamic_quantize, load_quantized, save_
 from mono_quant.nn import QuantizedConv2d, QuantizedLinear
 
 from helpers import assert_same_snapshot, make_cnn, make_mlp, snapshot
-from io_helpers import SharedBlock, TiedLM
+from io_helpers import SharedBlock, TiedLM, int4_quantize_linears
 
 SUFFIXES = [".safetensors", ".pt"]
 CASES = {
@@ -51,6 +51,45 @@ def test_round_trip_into_a_meta_skeleton_is_bit_exact(tmp_path, suffix, case):
     x = make_input()
     with torch.no_grad():
         assert torch.equal(loaded(x), qmodel(x))
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_int4_round_trip_is_bit_exact(tmp_path, suffix, symmetric):
+    from mono_quant.nn.qlinear_int4 import QuantizedLinearInt4
+
+    qmodel = int4_quantize_linears(make_mlp().eval(), group_size=32, symmetric=symmetric)
+    assert isinstance(qmodel[0], QuantizedLinearInt4)
+    path = save_quantized(qmodel, tmp_path / f"m{suffix}")
+    loaded = load_quantized(path, meta_skeleton(make_mlp).eval())
+    assert isinstance(loaded[3], QuantizedLinearInt4)
+    assert (loaded[3].group_size, loaded[3].symmetric) == (32, symmetric)
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), qmodel(x))
+    _, meta = load_quantized(path)
+    assert meta["dtype"] == "int4" and meta["group_size"] == "32"
+    assert meta["layers"]["0"] == {
+        "kind": "int4_linear", "original_shape": [128, 64], "bias": True, "symmetric": symmetric, "group_size": 32,
+        "scheme": f"int4 group-32 {'symmetric' if symmetric else 'asymmetric'}", "original_dtype": None,
+        "sqnr_db": None,
+    }
+
+
+def test_int4_state_dict_layout_is_recognised(tmp_path):
+    qmodel = int4_quantize_linears(make_mlp().eval(), group_size=64)
+    state = {}
+    for key, tensor in qmodel.state_dict().items():  # the state_dict-mode names
+        prefix, _, attr = key.rpartition(".")
+        attr = {"qweight": "weight", "scale": "weight_scale", "zero_point": "weight_zero_point"}.get(attr, attr)
+        state[f"{prefix}.{attr}"] = tensor
+    save_quantized(state, tmp_path / "sd.safetensors")
+    _, meta = load_quantized(tmp_path / "sd.safetensors")
+    assert meta["layout"] == "state_dict" and meta["layers"]["3"]["kind"] == "int4_linear"
+    assert meta["layers"]["3"]["group_size"] == 64
+    loaded = load_quantized(tmp_path / "sd.safetensors", meta_skeleton(make_mlp).eval())
+    x = torch.randn(2, 64)
+    assert torch.equal(loaded(x), qmodel(x))
 
 
 def test_quantized_layers_never_allocate_float_weights(tmp_path):

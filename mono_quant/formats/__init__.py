@@ -1,4 +1,5 @@
-"""Layer formats and their registry; importing this registers the INT8 Linear and Conv2d formats.
+"""Layer formats and their registry; importing this registers the built-in formats
+(INT8 Linear and Conv2d, INT4 Linear).
 
 >>> from mono_quant.formats import format_for_module
 >>> format_for_module(qmodel.fc).kind
@@ -6,14 +7,17 @@
 """
 
 from .base import Expected, LayerFormat
+from .int4 import Int4LinearFormat
 from .int8 import Int8Conv2dFormat, Int8LinearFormat
 from .registry import format_for_module, format_for_state, format_kinds, get_format, register_format
 
 register_format(Int8LinearFormat())
 register_format(Int8Conv2dFormat())
+register_format(Int4LinearFormat())
 
 __all__ = [
     "Expected",
+    "Int4LinearFormat",
     "Int8Conv2dFormat",
     "Int8LinearFormat",
     "LayerFormat",
