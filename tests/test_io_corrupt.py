@@ -358,3 +358,23 @@ def test_pickle_payloads_never_run(tmp_path):
     with pytest.raises(CorruptFileError, match="cannot read it"):
         load_quantized(path)
     assert not Path("pwned").exists() and not (tmp_path / "pwned").exists()
+
+
+INT4_CASES = {
+    "group-size-lies": (_layer("0", group_size=64), r"tensor '0.scale' has shape \[8, 1\], expected \[8, 0\]|multiple"),
+    "group-size-invalid": (_layer("0", group_size=100), "field 'group_size' must be one of 32, 64, 128, 256"),
+    "shape-lies": (_layer("0", original_shape=[8, 64]), r"tensor '0.qweight' has shape \[8, 16\], expected \[8, 32\]"),
+    "odd-in-features": (_layer("0", original_shape=[8, 33]), "not a multiple of group_size"),
+}
+
+
+@pytest.mark.parametrize("case", INT4_CASES)
+def test_lying_int4_metadata(case):
+    from io_helpers import int4_quantize_linears
+
+    edit, message = INT4_CASES[case]
+    model = int4_quantize_linears(nn.Sequential(nn.Linear(32, 8), nn.LayerNorm(8)), group_size=32)
+    save_quantized(model, "int4.safetensors")
+    edit_metadata(Path("int4.safetensors"), edit)
+    with pytest.raises(CorruptFileError, match=message):
+        load_quantized("int4.safetensors")

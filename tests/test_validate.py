@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import warnings
 
@@ -220,3 +221,16 @@ def test_validate_file_without_recorded_sqnr_or_dtypes():
     assert report.passed
     assert report.checks["sqnr"].status == "skipped" and "pass the original" in report.checks["sqnr"].message
     assert report.checks["size"].status == "skipped"
+
+
+def test_int4_models_are_checked():
+    from io_helpers import int4_quantize_linears
+
+    model = make_mlp()
+    qmodel = int4_quantize_linears(copy.deepcopy(model), group_size=32)  # symmetric: zero points are 8
+    report = validate(model, qmodel, torch.randn(2, 64))
+    assert report.passed, report
+    assert 15 < min(report.layer_sqnr.values()) < 30  # int4 territory
+    with torch.no_grad():
+        qmodel[0].zero_point[0, 0] = 20
+    assert validate(model, qmodel).checks["range"].message == "0: zero_point has values in [8, 20], outside [0, 15]"
