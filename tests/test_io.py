@@ -92,6 +92,25 @@ def test_int4_state_dict_layout_is_recognised(tmp_path):
     assert torch.equal(loaded(x), qmodel(x))
 
 
+@pytest.mark.parametrize("activation_symmetric", [False, True])
+def test_static_models_round_trip(tmp_path, activation_symmetric):
+    from mono_quant import static_quantize
+    from mono_quant.nn import StaticQuantizedConv2d, StaticQuantizedLinear
+
+    model = make_cnn().eval()
+    data = [torch.randn(4, 3, 8, 8) for _ in range(2)]
+    qmodel, info = static_quantize(model, data, min_params=0, progress=False,
+                                   activation_symmetric=activation_symmetric)
+    path = save_quantized(qmodel, tmp_path / "static.safetensors", info)
+    _, meta = load_quantized(path)
+    assert meta["layers"]["0"]["kind"] == "static_int8_conv2d" and meta["layers"]["6"]["kind"] == "static_int8_linear"
+    assert meta["layers"]["6"]["activation_symmetric"] is activation_symmetric
+    loaded = load_quantized(path, meta_skeleton(make_cnn).eval())
+    assert isinstance(loaded[0], StaticQuantizedConv2d) and isinstance(loaded[6], StaticQuantizedLinear)
+    x = torch.randn(3, 3, 8, 8)
+    assert torch.equal(loaded(x), qmodel(x))
+
+
 def test_quantized_layers_never_allocate_float_weights(tmp_path):
     from torch.profiler import ProfilerActivity, profile
 

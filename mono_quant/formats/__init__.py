@@ -1,5 +1,5 @@
 """Layer formats and their registry; importing this registers the built-in formats
-(INT8 Linear and Conv2d, INT4 Linear).
+(INT8 Linear and Conv2d, INT4 Linear, static INT8 Linear and Conv2d).
 
 >>> from mono_quant.formats import format_for_module
 >>> format_for_module(qmodel.fc).kind
@@ -10,10 +10,13 @@ from .base import Expected, LayerFormat
 from .int4 import Int4LinearFormat
 from .int8 import Int8Conv2dFormat, Int8LinearFormat
 from .registry import format_for_module, format_for_state, format_kinds, get_format, register_format
+from .static_int8 import StaticInt8Conv2dFormat, StaticInt8LinearFormat
 
 register_format(Int8LinearFormat())
 register_format(Int8Conv2dFormat())
 register_format(Int4LinearFormat())
+register_format(StaticInt8LinearFormat())
+register_format(StaticInt8Conv2dFormat())
 
 __all__ = [
     "Expected",
@@ -21,6 +24,8 @@ __all__ = [
     "Int8Conv2dFormat",
     "Int8LinearFormat",
     "LayerFormat",
+    "StaticInt8Conv2dFormat",
+    "StaticInt8LinearFormat",
     "format_for_module",
     "format_for_state",
     "format_kinds",

@@ -85,6 +85,10 @@ class _Int8Format(LayerFormat):
         symmetry = " symmetric" if params.get("symmetric", True) else " asymmetric"
         return f"{dtype}{granularity}{symmetry}"
 
+    def _module_options(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Keyword arguments of ``module_type`` beyond the INT8 ones (subclasses add theirs)."""
+        return {"symmetric": params["symmetric"], "per_channel": params.get("per_channel", True), "device": "meta"}
+
     def _fill(self, layer: nn.Module, module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> nn.Module:
         for name, tensor in tensors.items():
             setattr(layer, name, tensor)
@@ -117,10 +121,7 @@ class Int8LinearFormat(_Int8Format):
         return self._bias_mismatch(params, module)
 
     def build(self, params: Mapping[str, Any], module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> nn.Module:
-        layer = QuantizedLinear(
-            module.in_features, module.out_features, params["bias"], symmetric=params["symmetric"],
-            per_channel=params.get("per_channel", True), device="meta",
-        )
+        layer = self.module_type(module.in_features, module.out_features, params["bias"], **self._module_options(params))
         return self._fill(layer, module, tensors)
 
 
@@ -165,10 +166,9 @@ class Int8Conv2dFormat(_Int8Format):
         return self._bias_mismatch(params, module)
 
     def build(self, params: Mapping[str, Any], module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> nn.Module:
-        layer = QuantizedConv2d(
+        layer = self.module_type(
             module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-            module.dilation, module.groups, params["bias"], module.padding_mode,
-            symmetric=params["symmetric"], per_channel=params.get("per_channel", True), device="meta",
+            module.dilation, module.groups, params["bias"], module.padding_mode, **self._module_options(params),
         )
         return self._fill(layer, module, tensors)
 
