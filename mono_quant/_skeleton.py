@@ -40,6 +40,19 @@ def _plan(model: nn.Module, tensors: Mapping[str, torch.Tensor], meta: FileMetad
     for name, module in by_name.items():
         names_of.setdefault(id(module), []).append(name)
     consumed: set[str] = set()
+    replaced = _plan_layers(by_name, names_of, tensors, meta, consumed, plan, path)
+    replaced_names = {n for module_id in replaced for n in names_of[module_id]}
+    _plan_plain(model, by_name, replaced_names, tensors, consumed, plan, path)
+    unexpected = sorted(set(tensors) - consumed)
+    if unexpected:
+        raise CorruptFileError(path, f"unexpected tensor(s) {_listing(unexpected)}: the model has no such parameter "
+                                     "or buffer; load into a model of the architecture that was saved")
+    _check_no_meta_left(model, replaced, plan)
+    return plan
+
+
+def _plan_layers(by_name, names_of, tensors, meta: FileMetadata, consumed: set[str], plan: _Plan, path) -> dict:
+    """Match each quantized layer record with its float module; ``id(module) -> (entry, tensors)``."""
     replaced: dict[int, tuple[LayerEntry, dict[str, torch.Tensor]]] = {}
     for entry in meta.layers.values():
         if entry.fmt is None:
@@ -75,14 +88,7 @@ def _plan(model: nn.Module, tensors: Mapping[str, torch.Tensor], meta: FileMetad
                         raise CorruptFileError(path, f"tensor {key!r} differs from the same module's {name!r} "
                                                      f"under {entry.name!r}")
                     consumed.add(key)
-    replaced_names = {n for module_id in replaced for n in names_of[module_id]}
-    _plan_plain(model, by_name, replaced_names, tensors, consumed, plan, path)
-    unexpected = sorted(set(tensors) - consumed)
-    if unexpected:
-        raise CorruptFileError(path, f"unexpected tensor(s) {_listing(unexpected)}: the model has no such parameter "
-                                     "or buffer; load into a model of the architecture that was saved")
-    _check_no_meta_left(model, replaced, plan)
-    return plan
+    return replaced
 
 
 def _plan_plain(model, by_name, replaced_names, tensors, consumed, plan: _Plan, path) -> None:

@@ -57,9 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except (OSError, ValueError, TypeError, RuntimeError, ModuleNotFoundError) as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
-        if isinstance(exc, FileNotFoundError):
-            message = f"{exc.filename}: no such file" if exc.filename else message
-            message += "" if "check the path" in message else "; check the path"
+        if isinstance(exc, FileNotFoundError) and exc.filename:
+            message = f"{exc.filename}: no such file; check the path"
         print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
         return EXIT_FAILED
 

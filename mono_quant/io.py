@@ -53,6 +53,7 @@ def save_quantized(
     """
     kind = file_kind(path)
     library = require_safetensors() if kind == "safetensors" else None
+    check_folder(path)
     tensors, meta = prepare_for_saving(model, info)
     partial = os.fspath(path) + ".partial"
     try:
@@ -134,6 +135,13 @@ def file_kind(path: str | os.PathLike[str]) -> str:
         raise ValueError(f"{os.fspath(path)}: unknown file type {suffix or '(no suffix)'!r}; "
                          "use a path ending in .safetensors or .pt")
     return SUFFIXES[suffix]
+
+
+def check_folder(path: str | os.PathLike[str]) -> None:
+    """A FileNotFoundError that says what to do when ``path``'s folder does not exist."""
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{os.fspath(path)}: the folder {folder} does not exist; create it first")
 
 
 def require_safetensors():

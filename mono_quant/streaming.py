@@ -22,7 +22,7 @@ from ._layers import skipped_layer, state_kind
 from .config import QuantizationConfig
 from .errors import CorruptFileError
 from .info import QuantizationInfo
-from .io import _run_dtype, file_kind, state_layer_entry, tensor_crc32
+from .io import _run_dtype, check_folder, file_kind, state_layer_entry, tensor_crc32
 from .schemes.registry import get_scheme
 from .selection import state_skip_reason
 from .state_dict import join_key, split_key
@@ -47,6 +47,9 @@ def quantize_checkpoint(
     ``.pt`` file (all outputs are kept in memory until it is written). ``dtype``, ``config``
     and ``options`` are those of ``dynamic_quantize``; the file is what
     ``save_quantized(*dynamic_quantize(state_dict, ...))`` would write for the same tensors.
+    The end-of-run checks of ``dynamic_quantize`` do not run here (they would need the whole
+    output in memory); ``mono_quant.validate.validate_file`` / ``mono-quant validate`` check
+    the file afterwards.
 
     >>> info = quantize_checkpoint("model.safetensors", "model-int8.safetensors", "int8")
     >>> print(info)
@@ -54,6 +57,7 @@ def quantize_checkpoint(
     cfg = QuantizationConfig.from_sources(config, dtype=dtype, **options)
     scheme = get_scheme(cfg.dtype)(cfg)
     info = QuantizationInfo(config=cfg)
+    check_folder(dst)
     source = open_checkpoint(src)
     if any(Path(dst).resolve() == Path(p).resolve() for p in source.files):
         raise ValueError(f"{os.fspath(dst)} is also the source; write the quantized checkpoint to another path")

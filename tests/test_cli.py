@@ -104,6 +104,7 @@ RUNTIME_ERRORS = {
     "bad-destination": (["quantize", "model.safetensors", "q.gguf"], "use a path ending in .safetensors or .pt"),
     "corrupt-source": (["quantize", "broken.safetensors", "q.safetensors"], "broken.safetensors: ", "truncated"),
     "missing-file": (["inspect", "gone.pt"], "gone.pt: no such file; check the path"),
+    "missing-folder": (["quantize", "model.safetensors", "new/q.safetensors"], "the folder", "does not exist; create it"),
     "bad-config": (["quantize", "model.safetensors", "q.safetensors", "--config", "bad.toml"],
                    "unknown key(s) 'colour' in bad.toml; valid keys: dtype"),
 }
