@@ -20,6 +20,8 @@ from helpers import make_cnn
 from io_helpers import checkpoint_state
 
 OPTIONS = {
+    "int4": {"dtype": "int4", "group_size": 32},
+    "int4-asym-g64": {"dtype": "int4", "group_size": 64, "symmetric": False},
     "int8": {"dtype": "int8"},
     "int8-asym-per-tensor": {"dtype": "int8", "symmetric": False, "per_channel": False},
     "int8-skip": {"dtype": "int8", "modules_to_not_convert": ["lm_head"], "min_params": 0},
@@ -43,8 +45,16 @@ def assert_same_file(path, reference="reference.safetensors"):
     assert got_meta.as_dict() == want_meta.as_dict()
 
 
+def needs_scheme(dtype: str) -> None:
+    from mono_quant.schemes import scheme_names
+
+    if dtype not in scheme_names():
+        pytest.skip(f"the {dtype!r} scheme is not registered in this build")
+
+
 @pytest.mark.parametrize("case", OPTIONS)
 def test_single_file_matches_in_memory_quantization(case):
+    needs_scheme(OPTIONS[case]["dtype"])
     state = checkpoint_state()
     save_file(state, "model.safetensors")
     info = quantize_checkpoint("model.safetensors", "out.safetensors", **OPTIONS[case])
@@ -73,8 +83,9 @@ def _shard(state, folder: Path, parts: int) -> Path:
     return index
 
 
-@pytest.mark.parametrize("dtype", ["int8", "fp16"])
+@pytest.mark.parametrize("dtype", ["int8", "int4", "fp16"])
 def test_sharded_checkpoint_matches_in_memory_quantization(dtype):
+    needs_scheme(dtype)
     state = checkpoint_state()
     index = _shard(state, Path("sharded"), 3)
     weight_map = json.loads(index.read_text())["weight_map"]
