@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import sys
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -218,9 +219,20 @@ class StreamingWriter:
 
 def write_tensor_bytes(handle: BinaryIO, tensor: torch.Tensor) -> None:
     """Write the raw bytes of a contiguous CPU tensor without copying it (host byte order)."""
-    nbytes = tensor.numel() * tensor.element_size()
-    if nbytes:
-        handle.write((ctypes.c_ubyte * nbytes).from_address(tensor.data_ptr()))
+    if tensor.numel():
+        handle.write(_raw_bytes(tensor))
+
+
+def tensor_crc32(tensor: torch.Tensor) -> int:
+    """CRC-32 of a contiguous CPU tensor's bytes (0 for an empty tensor)."""
+    return zlib.crc32(_raw_bytes(tensor)) if tensor.numel() else 0
+
+
+def _raw_bytes(tensor: torch.Tensor):
+    """A buffer over the tensor's memory (no copy); the tensor must outlive its use."""
+    if tensor.device.type != "cpu" or not tensor.is_contiguous():
+        raise ValueError("raw bytes need a contiguous CPU tensor")
+    return (ctypes.c_ubyte * (tensor.numel() * tensor.element_size())).from_address(tensor.data_ptr())
 
 
 def _require_little_endian() -> None:

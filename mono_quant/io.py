@@ -15,7 +15,6 @@ names the file and the problem.
 from __future__ import annotations
 
 import os
-import zlib
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +26,7 @@ from . import _safetensors as st
 from ._file_metadata import (
     FLOAT_NAMES, FileMetadata, LayerEntry, cast_params, global_values, layer_entry, parse_metadata,
 )
+from ._safetensors import tensor_crc32
 from ._skeleton import fill_skeleton
 from .errors import CorruptFileError
 from .formats import format_for_module, format_for_state
@@ -156,16 +156,6 @@ def require_safetensors():
     return safetensors.torch
 
 
-def tensor_crc32(tensor: torch.Tensor) -> int:
-    """CRC-32 of a contiguous CPU tensor's bytes."""
-    nbytes = tensor.numel() * tensor.element_size()
-    if nbytes == 0:
-        return 0
-    import ctypes
-
-    return zlib.crc32((ctypes.c_ubyte * nbytes).from_address(tensor.data_ptr()))
-
-
 # ---------------------------------------------------------------------------------------------
 # Saving: collect the tensors and describe them.
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +178,7 @@ def prepare_for_saving(
             raise TypeError(f"state_dict entry {key!r} is a {type(value).__name__}; only tensors can be saved")
     tensors, aliases = _unique_tensors(state)
     schemes = [entry.scheme for entry in layers.values()]
-    dtype, group_size = _run_dtype(layers, tensors, info)
+    dtype, group_size = run_dtype(layers, tensors, info)
     meta = FileMetadata(global_values(layout, dtype, group_size, schemes, model_class), layers, aliases,
                         {name: tensor_crc32(t) for name, t in tensors.items()})
     try:
@@ -273,7 +263,8 @@ def _unique_tensors(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.
     return out, aliases
 
 
-def _run_dtype(layers: Mapping, tensors: Mapping[str, torch.Tensor], info: QuantizationInfo | None) -> tuple[str, int | None]:
+def run_dtype(layers: Mapping, tensors: Mapping[str, torch.Tensor], info: QuantizationInfo | None) -> tuple[str, int | None]:
+    """The ``dtype`` and ``group_size`` metadata: the run's config, else what the layers are."""
     config = None if info is None else info.config
     if config is not None:
         return config.dtype, (config.group_size if config.dtype == "int4" else None)

@@ -22,7 +22,8 @@ from ._layers import skipped_layer, state_kind
 from .config import QuantizationConfig
 from .errors import CorruptFileError
 from .info import QuantizationInfo
-from .io import _run_dtype, check_folder, file_kind, state_layer_entry, tensor_crc32
+from ._safetensors import tensor_crc32
+from .io import check_folder, file_kind, run_dtype, state_layer_entry
 from .schemes.registry import get_scheme
 from .selection import state_skip_reason
 from .state_dict import join_key, split_key
@@ -81,7 +82,7 @@ def quantize_checkpoint(
                     sink.write(join_key(prefix, attr), tensor)
                 del tensors, out
         scheme.finish(info)
-        dtype_name, group_size = _run_dtype(layers, {}, info)
+        dtype_name, group_size = run_dtype(layers, {}, info)
         schemes = [entry.scheme for entry in layers.values()]
         meta = FileMetadata(global_values("state_dict", dtype_name, group_size, schemes, "state_dict"),
                             layers, {}, checksums)
