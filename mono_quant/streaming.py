@@ -19,10 +19,10 @@ import torch
 from . import _safetensors as st
 from ._file_metadata import FileMetadata, global_values
 from ._layers import skipped_layer, state_kind
+from ._safetensors import tensor_crc32
 from .config import QuantizationConfig
 from .errors import CorruptFileError
 from .info import QuantizationInfo
-from ._safetensors import tensor_crc32
 from .io import check_folder, file_kind, run_dtype, state_layer_entry
 from .schemes.registry import get_scheme
 from .selection import state_skip_reason
