@@ -193,8 +193,11 @@ def _accuracy_warning(layer: LayerInfo) -> str:
     group_size = layer.details.get("group_size")
     if group_size is not None:
         smaller = [g for g in GROUP_SIZES if g < group_size]
-        if smaller:
-            hints.append(f"use group_size={smaller[-1]}")
+        options = [f"group_size={smaller[-1]}"] if smaller else []
+        if layer.details.get("symmetric"):  # zero points are stored either way: no size cost
+            options.append("symmetric=False")
+        if options:
+            hints.append(f"use {' or '.join(options)}")
         hints.append("use dtype='int8' instead of 'int4'")
     elif layer.details.get("per_channel") is False:
         hints.append("use per_channel=True")
