@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch import nn
@@ -21,6 +22,11 @@ from ..info import LayerInfo
 from ..nn import QuantizedLinearInt4
 from .base import Scheme
 from .int8 import Int8Scheme
+
+if TYPE_CHECKING:
+    from ..config import QuantizationConfig
+
+_T = TypeVar("_T")
 
 CONV_FALLBACK = "INT4 stores Linear weights only; Conv2d weights are kept as INT8 per channel"
 STATE_RANK_FALLBACK = "INT4 stores 2-D (Linear-like) weights only; 4-D weights are kept as INT8 per channel"
@@ -38,7 +44,7 @@ class Int4Scheme(Scheme):
     name = "int4"
     supported_types = (nn.Linear, nn.Conv2d)
 
-    def __init__(self, config) -> None:
+    def __init__(self, config: QuantizationConfig) -> None:
         super().__init__(config)
         # The fallback: the int8 scheme's own code, per channel, with this run's symmetry.
         self._int8 = Int8Scheme(dataclasses.replace(config, dtype="int8", per_channel=True))
@@ -106,7 +112,9 @@ class Int4Scheme(Scheme):
         out["weight"] = K.int4_dequantize(weight, scale, zp, group_size, dtype)
         return out
 
-    def _fallback(self, converted, reason: str):
+    @staticmethod
+    def _fallback(converted: tuple[_T, LayerInfo], reason: str) -> tuple[_T, LayerInfo]:
+        """The int8 scheme's result with its record marked as an int4 fallback."""
         new, record = converted
         return new, dataclasses.replace(
             record,
