@@ -1,4 +1,4 @@
-"""mono_quant: weight quantization (INT8, FP16; INT4 to come) for PyTorch models.
+"""mono_quant: weight quantization (INT8, INT4, FP16) for PyTorch models.
 
 >>> import mono_quant
 >>> qmodel, info = mono_quant.dynamic_quantize(model, "int8")
@@ -40,6 +40,11 @@ __all__ += [
     "register_observer",
     "static_quantize",
 ]
+
+# ---- INT4 group-wise weights ----
+from .nn import QuantizedLinearInt4  # noqa: E402 (kept apart for merges)
+
+__all__ += ["QuantizedLinearInt4"]
 
 # ---- files, validation, streaming: save/load, validate, quantize_checkpoint ----
 from .errors import CorruptFileError, ValidationError  # noqa: E402 (kept apart for merges)

@@ -49,7 +49,9 @@ class QuantizationConfig:
     symmetric:              symmetric (int8, zero point 0) or asymmetric (uint8 + zero point).
     per_channel:            one scale per output channel (True) or one per tensor (False).
     group_size:             int4 group size along the input dimension: 32, 64, 128 or 256.
-    scale_method:           "absmax" or "mse" (how int4 picks its scales).
+    scale_method:           how int4 picks each group's scale: "mse" (default: also tries three
+                            smaller scales and keeps the one with the least squared error;
+                            about +1.2 dB at g128 for ~3x the time) or "absmax" (the range).
     modules_to_not_convert: names or fnmatch patterns of modules kept in float; as in HF
                             transformers an entry matches a module whose qualified name equals
                             it, ends with "." + entry, or lies under it (e.g. "encoder").
@@ -83,7 +85,7 @@ class QuantizationConfig:
     symmetric: bool = True
     per_channel: bool = True
     group_size: int = 128
-    scale_method: str = "absmax"
+    scale_method: str = "mse"
     modules_to_not_convert: tuple[str, ...] = ()
     layer_types: tuple[TypeSpec, ...] = ()
     skip_types: tuple[TypeSpec, ...] = ()

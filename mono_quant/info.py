@@ -2,7 +2,8 @@
 
 Accuracy levels on the SQNR of a converted weight are defined here and only here
 (``ACCURACY_LEVELS``); a layer rated "warning" or "critical" adds a line with a suggestion
-to ``QuantizationInfo.warnings``.
+to ``QuantizationInfo.warnings``. A layer converted to another format than the one asked for
+(int4 -> int8) has the reason in ``details["fallback"]``; the printed report lists them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from .config import GROUP_SIZES
 
 # (upper bound in dB, level), checked in order; at or above the last bound a layer is "good".
 ACCURACY_LEVELS: tuple[tuple[float, str], ...] = ((10.0, "critical"), (20.0, "warning"), (30.0, "fair"))
@@ -105,6 +108,16 @@ class QuantizationInfo:
             self.warnings.append(_accuracy_warning(layer))
 
     @property
+    def fallbacks(self) -> dict[str, str]:
+        """Layers converted to another format than the one asked for, with the reason.
+
+        >>> info.fallbacks
+        {'fc3': 'in_features (100) is not a multiple of group_size (128); ...'}
+        """
+        return {name: layer.details["fallback"] for name, layer in self.layers.items()
+                if layer.quantized and layer.details.get("fallback")}
+
+    @property
     def quantized(self) -> list[str]:
         """Names of the converted layers, in model order."""
         return [name for name, layer in self.layers.items() if layer.quantized]
@@ -133,6 +146,10 @@ class QuantizationInfo:
             f"Total: {format_bytes(self.total_bytes_before)} -> {format_bytes(self.total_bytes_after)}"
             f" ({self.compression_ratio:.2f}x), {len(self.quantized)} of {len(self.layers)} layers quantized"
         )
+        fallbacks = self.fallbacks
+        if fallbacks:
+            lines.append(f"Fallbacks ({len(fallbacks)}):")
+            lines.extend(f"  - {name or '(root)'}: {reason}" for name, reason in fallbacks.items())
         if self.warnings:
             lines.append(f"Warnings ({len(self.warnings)}):")
             lines.extend(f"  - {warning}" for warning in self.warnings)
@@ -174,8 +191,14 @@ def _row(layer: LayerInfo) -> tuple[str, ...]:
 def _accuracy_warning(layer: LayerInfo) -> str:
     name = layer.name or "(root)"
     hints = [f"skip it with modules_to_not_convert=[{name!r}]"]
-    if layer.details.get("group_size") is not None:
-        hints.append("use a smaller group_size")
+    group_size = layer.details.get("group_size")
+    if group_size is not None:
+        smaller = [g for g in GROUP_SIZES if g < group_size]
+        options = [f"group_size={smaller[-1]}"] if smaller else []
+        if layer.details.get("symmetric"):  # zero points are stored either way: no size cost
+            options.append("symmetric=False")
+        if options:
+            hints.append(f"use {' or '.join(options)}")
         hints.append("use dtype='int8' instead of 'int4'")
     elif layer.details.get("per_channel") is False:
         hints.append("use per_channel=True")

@@ -32,8 +32,8 @@ def dynamic_quantize(
     """Quantize the weights of ``model`` (an nn.Module or a state_dict); returns the new
     model and a report. The original is never modified.
 
-    ``dtype`` is "int8" (default), "fp16" or another registered scheme (torch dtypes such as
-    torch.qint8 are accepted). ``options`` are the fields of ``QuantizationConfig``; they
+    ``dtype`` is "int8" (default), "int4" (group-wise, Linear layers), "fp16" or another
+    registered scheme (torch dtypes such as torch.qint8 and torch.quint4x2 are accepted). ``options`` are the fields of ``QuantizationConfig``; they
     override ``config`` (a QuantizationConfig, a dict or a TOML path), which overrides
     ``./mono_quant.toml`` / ``[tool.mono_quant]`` in ``./pyproject.toml``, which override the
     defaults. Layers that cannot be converted stay as they are and are listed in

@@ -19,7 +19,7 @@ from mono_quant.nn import QuantizedLinear
 def test_defaults():
     cfg = QuantizationConfig()
     assert (cfg.dtype, cfg.symmetric, cfg.per_channel, cfg.group_size) == ("int8", True, True, 128)
-    assert (cfg.scale_method, cfg.min_params, cfg.compute_sqnr) == ("absmax", 512, True)
+    assert (cfg.scale_method, cfg.min_params, cfg.compute_sqnr) == ("mse", 512, True)
     assert cfg.modules_to_not_convert == cfg.layer_types == cfg.skip_types == ()
     assert cfg.layer_names == cfg.skip_names == ()
 

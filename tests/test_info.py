@@ -43,7 +43,7 @@ def test_low_sqnr_adds_warnings_with_suggestions():
     assert info.warnings == [
         "enc.q: SQNR 15.0 dB is warning (good is >= 30 dB); skip it with modules_to_not_convert=['enc.q']",
         "enc.k: SQNR 5.0 dB is critical (good is >= 30 dB); skip it with modules_to_not_convert=['enc.k'], "
-        "or use a smaller group_size, or use dtype='int8' instead of 'int4'",
+        "or use group_size=64, or use dtype='int8' instead of 'int4'",
         "enc.v: SQNR 12.0 dB is warning (good is >= 30 dB); skip it with modules_to_not_convert=['enc.v'], "
         "or use per_channel=True",
     ]

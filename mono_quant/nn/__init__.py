@@ -14,3 +14,8 @@ from .qconv2d_static import StaticQuantizedConv2d  # noqa: E402 (kept apart for 
 from .qlinear_static import StaticQuantizedLinear  # noqa: E402
 
 __all__ += ["StaticQuantizedConv2d", "StaticQuantizedLinear"]
+
+# ---- INT4 group-wise weights ----
+from .qlinear_int4 import QuantizedLinearInt4  # noqa: E402 (kept apart for merges)
+
+__all__ += ["QuantizedLinearInt4"]
