@@ -105,7 +105,7 @@ def main() -> None:
             size = src.stat().st_size
             for label, (method, dtype) in METHODS.items():
                 rows.append((layers, size, largest, label, "", _measure(args.runs, method, dtype, src, folder, {})))
-            for label in ("stream int8", "stream fp16"):
+            for label in ("stream int8", "stream int4", "stream fp16"):
                 method, dtype = METHODS[label]
                 rows.append((layers, size, largest, label, FIXED_THRESHOLD,
                              _measure(args.runs, method, dtype, src, folder, dict([FIXED_THRESHOLD.split("=")]))))
