@@ -34,8 +34,6 @@ from .info import QuantizationInfo, format_bytes, format_sqnr
 from .state_dict import group_by_layer, join_key
 
 CHECKS = ("sqnr", "size", "load", "range")
-STATUSES = ("passed", "failed", "skipped")
-ON_FAILURE = ("error", "warn", "ignore")
 DEFAULT_MIN_SQNR_DB = 10.0  # below this a layer is "critical" (info.ACCURACY_LEVELS)
 _SHOWN = 3
 
