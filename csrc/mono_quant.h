@@ -131,7 +131,7 @@ mq_status mq_int8_dequantize(const void *q, mq_dtype q_dtype, int64_t outer, int
  *     |y - x . w_hat| <= sum_blocks (d_b / 2) * sum_{k in b} |w_hat[n][k]|  (+ float32 rounding).
  * All paths (portable, avx2, avx512_vnni) and the torch twin mono_quant/_reference.py compute
  * the same integers; they differ only in float32 summation order and fused multiply-adds:
- *     |y_path - y_twin| <= 2^-17 * A + one unit in the last place of out_dtype,
+ *     |y_path - y_twin| <= 2^-20 * A + one unit in the last place of out_dtype,
  * where A is the same sum taken over absolute values of every term.  Results do not depend
  * on the thread count (each output element is computed by one thread in a fixed order).
  *
