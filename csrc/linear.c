@@ -16,6 +16,8 @@
 #define MQ_LINEAR_MIN_MACS_PER_THREAD (1 << 18)
 /* Activation rows are quantized in parallel only when there are many of them. */
 #define MQ_LINEAR_MIN_ACT_PER_THREAD (1 << 15)
+/* Tiles are handed out in about this many chunks per thread (see run_tiles). */
+#define MQ_LINEAR_CHUNKS_PER_THREAD 8
 
 /* ---- sizes -------------------------------------------------------------------------------- */
 
@@ -236,14 +238,25 @@ static void quantize_rows(void *ctx, int64_t r0, int64_t r1) {
   }
 }
 
+/* The threads share the tiles through a counter, `chunk` tiles at a time: a thread that the
+ * OS preempts holds up at most one chunk, not a fixed half of the layer.  Every tile is still
+ * computed whole by one thread, so which thread takes it does not change the result. */
 typedef struct {
   const mq_linear_job *job;
   void (*tiles)(const mq_linear_job *job, int64_t t0, int64_t t1);
+  int64_t total, chunk;
+  atomic_llong next;
 } tiles_ctx;
 
-static void run_tiles(void *ctx, int64_t t0, int64_t t1) {
-  const tiles_ctx *c = ctx;
-  c->tiles(c->job, t0, t1);
+static void run_tiles(void *ctx, int64_t part_begin, int64_t part_end) {
+  tiles_ctx *c = ctx;
+  (void)part_begin;
+  (void)part_end; /* parts only say how many threads share the tiles */
+  for (;;) {
+    const int64_t t0 = atomic_fetch_add(&c->next, c->chunk);
+    if (t0 >= c->total) return;
+    c->tiles(c->job, t0, t0 + c->chunk < c->total ? t0 + c->chunk : c->total);
+  }
 }
 
 static size_t align64(size_t v) { return (v + 63) & ~(size_t)63; }
@@ -307,10 +320,14 @@ static mq_status forward(const void *x, mq_dtype x_dtype, int64_t m, const void 
       .xq = aj.xq, .d = aj.d, .asum = aj.asum, .corr = corr, .bias = bias_f32,
       .out = out, .out_dtype = x_dtype,
   };
-  const tiles_ctx tc = {&job, g ? kern->int4_tiles : kern->int8_tiles};
+  const int64_t tiles = tiles_of(n);
   const int64_t macs_per_tile = MQ_LINEAR_NR * kp * m;
   const int64_t min_tiles = MQ_LINEAR_MIN_MACS_PER_THREAD / macs_per_tile + 1;
-  mq_parallel_for(tiles_of(n), min_tiles, 1, num_threads, run_tiles, (void *)&tc);
+  const int parts = mq_parallel_parts(tiles, min_tiles, 1, num_threads);
+  int64_t chunk = tiles / ((int64_t)parts * MQ_LINEAR_CHUNKS_PER_THREAD);
+  if (chunk < min_tiles / 2 + 1) chunk = min_tiles / 2 + 1;
+  tiles_ctx tc = {&job, g ? kern->int4_tiles : kern->int8_tiles, tiles, chunk, 0};
+  mq_parallel_for(parts, 1, 1, parts, run_tiles, &tc);
   free(scratch);
   return MQ_OK;
 }
