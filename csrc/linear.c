@@ -306,6 +306,9 @@ static mq_status forward(const void *x, mq_dtype x_dtype, int64_t m, const void 
       corr[r * ng + j] = s;
     }
 
+  /* the VNNI path multiplies w + 128: its block sums start at -128 * asum to stay exact */
+  for (int64_t i = 0; i < m * nb; i++) aj.asum[i] *= -128;
+
   const float *bias_f32 = bias;
   if (need_bias) {
     float *b32 = (float *)(scratch + off_bias);
@@ -317,7 +320,7 @@ static mq_status forward(const void *x, mq_dtype x_dtype, int64_t m, const void 
       .tiles = (const uint8_t *)packed + sizeof(mq_linear_header),
       .tile_bytes = g ? int4_tile_bytes(k, g) : int8_tile_bytes(kp),
       .n = n, .k = k, .kp = kp, .nb = nb, .group = g, .ng = g ? ng : 0, .m = m,
-      .xq = aj.xq, .d = aj.d, .asum = aj.asum, .corr = corr, .bias = bias_f32,
+      .xq = aj.xq, .d = aj.d, .acc_start = aj.asum, .corr = corr, .bias = bias_f32,
       .out = out, .out_dtype = x_dtype,
   };
   const int64_t tiles = tiles_of(n);

@@ -103,7 +103,7 @@ typedef struct {
   int64_t m;             /* batch rows */
   const int8_t *xq;      /* [m][kp] */
   const float *d;        /* [m][nb] */
-  const int32_t *asum;   /* [m][nb] */
+  const int32_t *acc_start; /* [m][nb]: -128 * asum, where a VNNI INT8 block sum starts */
   const float *corr;     /* INT8: S, [m]; INT4: D, [m][ng] */
   const float *bias;     /* [n] float32, or NULL */
   void *out;             /* [m][n] of out_dtype */

@@ -7,7 +7,8 @@
  * adds into 16 per-row int32 sums.  vpdpbusd takes unsigned x signed bytes: the weights are
  * the unsigned side (INT8 stored as w + 128, INT4 nibbles 0..15), the int8 activations the
  * signed side; for INT8 the +128 is taken back exactly by starting each block's sum at
- * -128 * asum[b].  Up to MR batch rows share each weight load.
+ * -128 * asum[b].  Batch 1 streams one tile at a time; larger batches take two tiles times up
+ * to MR batch rows per pass, so each weight load and each activation broadcast is reused.
  */
 #include <immintrin.h>
 
@@ -91,111 +92,205 @@ static inline __m512i bcast4(const int8_t *p) {
 
 /* ---- INT8 --------------------------------------------------------------------------------- */
 
-static inline __attribute__((always_inline)) void int8_pass(const mq_linear_job *job, const uint8_t *tile,
-                                                            int64_t t, int64_t m0, const int mr) {
-  const int64_t nb = job->nb, kp = job->kp;
-  __m512 facc[MR];
-  for (int i = 0; i < mr; i++) facc[i] = _mm512_setzero_ps();
+/* Batch 1: one tile, two independent sums per block (even / odd quads) for more parallelism. */
+static void int8_gemv(const mq_linear_job *job, int64_t t) {
+  const int64_t nb = job->nb;
+  const uint8_t *tile = job->tiles + t * job->tile_bytes;
+  __m512 facc = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; b++) {
     const uint8_t *w = tile + b * MQ_LINEAR_INT8_BLOCK_BYTES;
-    __m512i acc[MR], acc2[MR];
-    for (int i = 0; i < mr; i++) {
-      acc[i] = _mm512_set1_epi32(-128 * job->asum[(m0 + i) * nb + b]);
-      acc2[i] = _mm512_setzero_si512();
-    }
+    const int8_t *a = job->xq + b * MQ_LINEAR_QK;
+    __m512i acc = _mm512_set1_epi32(job->acc_start[b]), acc2 = _mm512_setzero_si512();
     for (int c = 0; c < 8; c += 2) {
-      const __m512i w0 = _mm512_loadu_si512(w + c * 64);
-      const __m512i w1 = _mm512_loadu_si512(w + c * 64 + 64);
-      for (int i = 0; i < mr; i++) {
-        const int8_t *a = job->xq + (m0 + i) * kp + b * MQ_LINEAR_QK + c * 4;
-        acc[i] = _mm512_dpbusd_epi32(acc[i], w0, bcast4(a));
-        acc2[i] = _mm512_dpbusd_epi32(acc2[i], w1, bcast4(a + 4));
-      }
+      acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512(w + c * 64), bcast4(a + c * 4));
+      acc2 = _mm512_dpbusd_epi32(acc2, _mm512_loadu_si512(w + c * 64 + 64), bcast4(a + c * 4 + 4));
     }
-    for (int i = 0; i < mr; i++)
-      facc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc[i], acc2[i])),
-                                _mm512_set1_ps(job->d[(m0 + i) * nb + b]), facc[i]);
+    facc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc, acc2)), _mm512_set1_ps(job->d[b]), facc);
   }
   const uint8_t *tail = tile + nb * MQ_LINEAR_INT8_BLOCK_BYTES; /* mq_linear_int8_tile_tail */
-  const __m512 scale = _mm512_loadu_ps(tail);
-  const __m512 zero = _mm512_cvtepi32_ps(_mm512_loadu_si512(tail + 64));
   const int64_t n0 = t * MQ_LINEAR_NR, rows = mq_linear_tile_rows(job, t);
   const __m512 bias = job->bias ? _mm512_maskz_loadu_ps(mask_first(rows), job->bias + n0) : _mm512_setzero_ps();
-  for (int i = 0; i < mr; i++) {
-    const __m512 diff = _mm512_fnmadd_ps(zero, _mm512_set1_ps(job->corr[m0 + i]), facc[i]);
-    store_rows(job, m0 + i, n0, _mm512_fmadd_ps(scale, diff, bias), rows);
+  const __m512 zero = _mm512_cvtepi32_ps(_mm512_loadu_si512(tail + 64));
+  const __m512 diff = _mm512_fnmadd_ps(zero, _mm512_set1_ps(job->corr[0]), facc);
+  store_rows(job, 0, n0, _mm512_fmadd_ps(_mm512_loadu_ps(tail), diff, bias), rows);
+}
+
+/* Batch > 1: `nt` tiles (1 or 2) times `mr` batch rows (1..MR) per pass, so each weight load
+ * feeds mr vpdpbusd and each activation broadcast feeds nt. */
+static inline __attribute__((always_inline)) void int8_gemm(const mq_linear_job *job, int64_t t,
+                                                            int64_t m0, const int nt, const int mr) {
+  const int64_t nb = job->nb, kp = job->kp;
+  const uint8_t *tile[2] = {job->tiles + t * job->tile_bytes, job->tiles + (t + 1) * job->tile_bytes};
+  __m512 facc[2][MR];
+  for (int j = 0; j < nt; j++)
+    for (int i = 0; i < mr; i++) facc[j][i] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; b++) {
+    __m512i acc[2][MR];
+    for (int i = 0; i < mr; i++) {
+      const __m512i start = _mm512_set1_epi32(job->acc_start[(m0 + i) * nb + b]);
+      for (int j = 0; j < nt; j++) acc[j][i] = start;
+    }
+    for (int c = 0; c < 8; c++) {
+      __m512i w[2];
+      for (int j = 0; j < nt; j++) w[j] = _mm512_loadu_si512(tile[j] + b * MQ_LINEAR_INT8_BLOCK_BYTES + c * 64);
+      for (int i = 0; i < mr; i++) {
+        const __m512i a = bcast4(job->xq + (m0 + i) * kp + b * MQ_LINEAR_QK + c * 4);
+        for (int j = 0; j < nt; j++) acc[j][i] = _mm512_dpbusd_epi32(acc[j][i], w[j], a);
+      }
+    }
+    for (int i = 0; i < mr; i++) {
+      const __m512 db = _mm512_set1_ps(job->d[(m0 + i) * nb + b]);
+      for (int j = 0; j < nt; j++) facc[j][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[j][i]), db, facc[j][i]);
+    }
+  }
+  for (int j = 0; j < nt; j++) {
+    const uint8_t *tail = tile[j] + nb * MQ_LINEAR_INT8_BLOCK_BYTES; /* mq_linear_int8_tile_tail */
+    const __m512 scale = _mm512_loadu_ps(tail);
+    const __m512 zero = _mm512_cvtepi32_ps(_mm512_loadu_si512(tail + 64));
+    const int64_t n0 = (t + j) * MQ_LINEAR_NR, rows = mq_linear_tile_rows(job, t + j);
+    const __m512 bias = job->bias ? _mm512_maskz_loadu_ps(mask_first(rows), job->bias + n0) : _mm512_setzero_ps();
+    for (int i = 0; i < mr; i++) {
+      const __m512 diff = _mm512_fnmadd_ps(zero, _mm512_set1_ps(job->corr[m0 + i]), facc[j][i]);
+      store_rows(job, m0 + i, n0, _mm512_fmadd_ps(scale, diff, bias), rows);
+    }
+  }
+}
+
+static inline __attribute__((always_inline)) void int8_gemm_rows(const mq_linear_job *job, int64_t t, const int nt) {
+  int64_t m0 = 0;
+  for (; m0 + MR <= job->m; m0 += MR) int8_gemm(job, t, m0, nt, MR);
+  switch (job->m - m0) {
+    case 3: int8_gemm(job, t, m0, nt, 3); break;
+    case 2: int8_gemm(job, t, m0, nt, 2); break;
+    case 1: int8_gemm(job, t, m0, nt, 1); break;
+    default: break;
   }
 }
 
 static void int8_tiles_avx512(const mq_linear_job *job, int64_t t0, int64_t t1) {
-  for (int64_t t = t0; t < t1; t++) {
-    const uint8_t *tile = job->tiles + t * job->tile_bytes;
-    int64_t m0 = 0;
-    for (; m0 + MR <= job->m; m0 += MR) int8_pass(job, tile, t, m0, MR);
-    switch (job->m - m0) {
-      case 3: int8_pass(job, tile, t, m0, 3); break;
-      case 2: int8_pass(job, tile, t, m0, 2); break;
-      case 1: int8_pass(job, tile, t, m0, 1); break;
-      default: break;
-    }
+  if (job->m == 1) {
+    for (int64_t t = t0; t < t1; t++) int8_gemv(job, t);
+    return;
   }
+  int64_t t = t0;
+  for (; t + 2 <= t1; t += 2) int8_gemm_rows(job, t, 2);
+  if (t < t1) int8_gemm_rows(job, t, 1);
 }
 
 /* ---- INT4 --------------------------------------------------------------------------------- */
 
-static inline __attribute__((always_inline)) void int4_pass(const mq_linear_job *job, const uint8_t *tile,
-                                                            int64_t t, int64_t m0, const int mr) {
-  const int64_t nb = job->nb, kp = job->kp, bpg = job->group / MQ_LINEAR_QK;
+/* One group of one tile: scale and zero point of its 16 rows as floats. */
+static inline void int4_group_params(const uint8_t *p, __m512 *scale, __m512 *zero) {
+  *scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+  *zero = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 32))));
+}
+
+/* Batch 1: one tile; low and high nibbles go to two independent sums. */
+static void int4_gemv(const mq_linear_job *job, int64_t t) {
+  const int64_t bpg = job->group / MQ_LINEAR_QK;
   const __m512i low4 = _mm512_set1_epi8(0x0f);
-  __m512 facc[MR];
-  for (int i = 0; i < mr; i++) facc[i] = _mm512_setzero_ps();
-  const uint8_t *p = tile;
+  const uint8_t *p = job->tiles + t * job->tile_bytes;
+  __m512 facc = _mm512_setzero_ps();
   for (int64_t grp = 0; grp < job->ng; grp++) {
-    const __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
-    const __m512 zero = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 32))));
+    __m512 scale, zero;
+    int4_group_params(p, &scale, &zero);
     p += MQ_LINEAR_INT4_GROUP_HEADER;
-    __m512 gacc[MR];
-    for (int i = 0; i < mr; i++) gacc[i] = _mm512_setzero_ps();
+    __m512 gacc = _mm512_setzero_ps();
     for (int64_t bb = 0; bb < bpg; bb++, p += MQ_LINEAR_INT4_BLOCK_BYTES) {
       const int64_t b = grp * bpg + bb;
-      __m512i acc[MR], acc2[MR];
-      for (int i = 0; i < mr; i++) acc[i] = acc2[i] = _mm512_setzero_si512();
+      const int8_t *a = job->xq + b * MQ_LINEAR_QK;
+      __m512i acc = _mm512_setzero_si512(), acc2 = _mm512_setzero_si512();
       for (int c = 0; c < 4; c++) {
         const __m512i raw = _mm512_loadu_si512(p + c * 64);
-        const __m512i lo = _mm512_and_si512(raw, low4);
-        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
-        for (int i = 0; i < mr; i++) {
-          const int8_t *a = job->xq + (m0 + i) * kp + b * MQ_LINEAR_QK + c * 4;
-          acc[i] = _mm512_dpbusd_epi32(acc[i], lo, bcast4(a));
-          acc2[i] = _mm512_dpbusd_epi32(acc2[i], hi, bcast4(a + 16));
-        }
+        acc = _mm512_dpbusd_epi32(acc, _mm512_and_si512(raw, low4), bcast4(a + c * 4));
+        acc2 = _mm512_dpbusd_epi32(acc2, _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4), bcast4(a + 16 + c * 4));
       }
-      for (int i = 0; i < mr; i++)
-        gacc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc[i], acc2[i])),
-                                  _mm512_set1_ps(job->d[(m0 + i) * nb + b]), gacc[i]);
+      gacc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc, acc2)), _mm512_set1_ps(job->d[b]), gacc);
     }
-    for (int i = 0; i < mr; i++) {
-      const __m512 diff = _mm512_fnmadd_ps(zero, _mm512_set1_ps(job->corr[(m0 + i) * job->ng + grp]), gacc[i]);
-      facc[i] = _mm512_fmadd_ps(scale, diff, facc[i]);
-    }
+    facc = _mm512_fmadd_ps(scale, _mm512_fnmadd_ps(zero, _mm512_set1_ps(job->corr[grp]), gacc), facc);
   }
   const int64_t n0 = t * MQ_LINEAR_NR, rows = mq_linear_tile_rows(job, t);
   const __m512 bias = job->bias ? _mm512_maskz_loadu_ps(mask_first(rows), job->bias + n0) : _mm512_setzero_ps();
-  for (int i = 0; i < mr; i++) store_rows(job, m0 + i, n0, _mm512_add_ps(facc[i], bias), rows);
+  store_rows(job, 0, n0, _mm512_add_ps(facc, bias), rows);
+}
+
+/* Batch > 1: `nt` tiles times `mr` batch rows per pass (see int8_gemm). */
+static inline __attribute__((always_inline)) void int4_gemm(const mq_linear_job *job, int64_t t,
+                                                            int64_t m0, const int nt, const int mr) {
+  const int64_t nb = job->nb, kp = job->kp, bpg = job->group / MQ_LINEAR_QK;
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  const uint8_t *p[2] = {job->tiles + t * job->tile_bytes, job->tiles + (t + 1) * job->tile_bytes};
+  __m512 facc[2][MR];
+  for (int j = 0; j < nt; j++)
+    for (int i = 0; i < mr; i++) facc[j][i] = _mm512_setzero_ps();
+  for (int64_t grp = 0; grp < job->ng; grp++) {
+    __m512 gacc[2][MR];
+    for (int j = 0; j < nt; j++)
+      for (int i = 0; i < mr; i++) gacc[j][i] = _mm512_setzero_ps();
+    const uint8_t *hdr[2] = {p[0], p[1]};
+    for (int j = 0; j < nt; j++) p[j] += MQ_LINEAR_INT4_GROUP_HEADER;
+    for (int64_t bb = 0; bb < bpg; bb++) {
+      const int64_t b = grp * bpg + bb;
+      __m512i acc[2][MR];
+      for (int j = 0; j < nt; j++)
+        for (int i = 0; i < mr; i++) acc[j][i] = _mm512_setzero_si512();
+      for (int c = 0; c < 4; c++) {
+        __m512i lo[2], hi[2];
+        for (int j = 0; j < nt; j++) {
+          const __m512i raw = _mm512_loadu_si512(p[j] + c * 64);
+          lo[j] = _mm512_and_si512(raw, low4);
+          hi[j] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
+        }
+        for (int i = 0; i < mr; i++) {
+          const int8_t *a = job->xq + (m0 + i) * kp + b * MQ_LINEAR_QK + c * 4;
+          const __m512i xl = bcast4(a), xh = bcast4(a + 16);
+          for (int j = 0; j < nt; j++) {
+            acc[j][i] = _mm512_dpbusd_epi32(acc[j][i], lo[j], xl);
+            acc[j][i] = _mm512_dpbusd_epi32(acc[j][i], hi[j], xh);
+          }
+        }
+      }
+      for (int j = 0; j < nt; j++) p[j] += MQ_LINEAR_INT4_BLOCK_BYTES;
+      for (int i = 0; i < mr; i++) {
+        const __m512 db = _mm512_set1_ps(job->d[(m0 + i) * nb + b]);
+        for (int j = 0; j < nt; j++) gacc[j][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[j][i]), db, gacc[j][i]);
+      }
+    }
+    for (int j = 0; j < nt; j++) {
+      __m512 scale, zero;
+      int4_group_params(hdr[j], &scale, &zero);
+      for (int i = 0; i < mr; i++) {
+        const __m512 D = _mm512_set1_ps(job->corr[(m0 + i) * job->ng + grp]);
+        facc[j][i] = _mm512_fmadd_ps(scale, _mm512_fnmadd_ps(zero, D, gacc[j][i]), facc[j][i]);
+      }
+    }
+  }
+  for (int j = 0; j < nt; j++) {
+    const int64_t n0 = (t + j) * MQ_LINEAR_NR, rows = mq_linear_tile_rows(job, t + j);
+    const __m512 bias = job->bias ? _mm512_maskz_loadu_ps(mask_first(rows), job->bias + n0) : _mm512_setzero_ps();
+    for (int i = 0; i < mr; i++) store_rows(job, m0 + i, n0, _mm512_add_ps(facc[j][i], bias), rows);
+  }
+}
+
+static inline __attribute__((always_inline)) void int4_gemm_rows(const mq_linear_job *job, int64_t t, const int nt) {
+  int64_t m0 = 0;
+  for (; m0 + MR <= job->m; m0 += MR) int4_gemm(job, t, m0, nt, MR);
+  switch (job->m - m0) {
+    case 3: int4_gemm(job, t, m0, nt, 3); break;
+    case 2: int4_gemm(job, t, m0, nt, 2); break;
+    case 1: int4_gemm(job, t, m0, nt, 1); break;
+    default: break;
+  }
 }
 
 static void int4_tiles_avx512(const mq_linear_job *job, int64_t t0, int64_t t1) {
-  for (int64_t t = t0; t < t1; t++) {
-    const uint8_t *tile = job->tiles + t * job->tile_bytes;
-    int64_t m0 = 0;
-    for (; m0 + MR <= job->m; m0 += MR) int4_pass(job, tile, t, m0, MR);
-    switch (job->m - m0) {
-      case 3: int4_pass(job, tile, t, m0, 3); break;
-      case 2: int4_pass(job, tile, t, m0, 2); break;
-      case 1: int4_pass(job, tile, t, m0, 1); break;
-      default: break;
-    }
+  if (job->m == 1) {
+    for (int64_t t = t0; t < t1; t++) int4_gemv(job, t);
+    return;
   }
+  int64_t t = t0;
+  for (; t + 2 <= t1; t += 2) int4_gemm_rows(job, t, 2);
+  if (t < t1) int4_gemm_rows(job, t, 1);
 }
 
 const mq_linear_kernels mq_linear_kernels_avx512_vnni = {
