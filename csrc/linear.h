@@ -9,9 +9,11 @@
  * ---- activations ---------------------------------------------------------------------------
  * Each activation row x[k] (k padded with zeros to kp = roundup(k, 32)) is cut into blocks of
  * MQ_LINEAR_QK = 32 values.  Per block b:
- *     amax = max |x|,  d[b] = amax / 127,  id = d[b] > 0 ? 1 / d[b] : 0,
- *     xq[i] = clamp(round_half_even(x[i] * id), -127, 127),  asum[b] = sum xq[i]   (exact ints)
- * float32 arithmetic, so every path (and the torch twin) gets the same xq, d and asum.
+ *     amax = max |x|,  d[b] = amax / 127,
+ *     xq[i] = d[b] > 0 ? clamp(round_half_even(x[i] / d[b]), -127, 127) : 0,
+ *     asum[b] = sum xq[i]                                                        (exact ints)
+ * float32 arithmetic (a division, not a multiply by 1/d, so a subnormal d is harmless), so
+ * every path (and the torch twin) gets the same xq, d and asum.
  *
  * ---- INT8 packed layout (MQ_LINEAR_MAGIC_INT8) ---------------------------------------------
  * header (64 bytes), then tiles of MQ_LINEAR_NR = 16 output rows, tile t = rows 16t..16t+15
