@@ -15,6 +15,12 @@ weights, so no contender runs from cache:
 It also measures the machine's memory read bandwidth (median of large ``tensor.sum()``) and
 reports the fraction of it that the batch-1 kernels reach (bytes of packed weights / time).
 A benchmark, never a test: nothing here gates anything.
+
+Two thread pools share the cores: torch's (libgomp, whose threads by default keep spinning
+for a while after each parallel region) and mono_quant's. Strictly interleaved calls make
+the two compete; run it also with ``OMP_WAIT_POLICY=PASSIVE`` to see each without the other:
+
+    python benchmarks/bench_linear.py && OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_linear.py --append
 """
 
 from __future__ import annotations
@@ -153,6 +159,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repeats (a rough look in ~1 minute)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"),
                     help="markdown file to write ('-' for none)")
+    ap.add_argument("--append", action="store_true", help="append to --out instead of replacing it")
     args = ap.parse_args()
     repeats = 9 if args.quick else 41
     torch.manual_seed(0)
@@ -183,8 +190,8 @@ def main() -> None:
     text = report(rows, (bw, bw_after), threads, repeats, args, load_before, load_after)
     print(text)
     if args.out != "-":
-        with open(args.out, "w") as f:
-            f.write(text)
+        with open(args.out, "a" if args.append else "w") as f:
+            f.write(("\n" if args.append else "") + text)
 
 
 def report(rows, bws, threads, repeats, args, load_before, load_after) -> str:
@@ -192,7 +199,9 @@ def report(rows, bws, threads, repeats, args, load_before, load_after) -> str:
     names = list(rows[0][3])
     fp32, qdyn = names[0], names[1]
     ours8, ours4 = names[-2], names[-1]
-    cmd = "python benchmarks/bench_linear.py" + (" --quick" if args.quick else "")
+    omp = os.environ.get("OMP_WAIT_POLICY")
+    cmd = (f"OMP_WAIT_POLICY={omp} " if omp else "") + "python benchmarks/bench_linear.py" + (
+        " --quick" if args.quick else "") + (" --append" if args.append else "")
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -200,7 +209,7 @@ def report(rows, bws, threads, repeats, args, load_before, load_after) -> str:
     except (OSError, StopIteration):
         pass
     out = [
-        "# Quantized Linear forward: mono_quant vs torch (CPU)",
+        "# Quantized Linear forward: mono_quant vs torch (CPU)" + (f", OMP_WAIT_POLICY={omp}" if omp else ""),
         "",
         f"Command: `{cmd}`  ",
         f"Date: {datetime.datetime.now().isoformat(timespec='minutes')}; {cpu}; {threads} threads; "
@@ -209,7 +218,8 @@ def report(rows, bws, threads, repeats, args, load_before, load_after) -> str:
         f"slower than {CELL_BUDGET_S:.0f} s per cell), float32 activations, each contender "
         f"rotating through > {ROTATION_BYTES / 1e6:.0f} MB of distinct layers. "
         f"Load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} "
-        "(anything near the core count means the timings are noisy).",
+        "(anything near the core count means the timings are noisy). "
+        f"OpenMP wait policy (torch's thread pool): {omp or 'libgomp default (threads spin after a parallel region)'}.",
         "",
         f"Memory read bandwidth (median `tensor.sum()` of 1 GiB, {threads} threads): "
         f"**{bw / 1e9:.1f} GB/s** (measured {bws[0] / 1e9:.1f} before and {bws[1] / 1e9:.1f} after "
