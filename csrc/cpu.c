@@ -54,3 +54,66 @@ unsigned mq_cpu_detect(void) {
   atomic_store(&cached, features | 0x80000000u);
   return features;
 }
+
+/* ---- LINEAR: forward-path dispatch -------------------------------------------------------
+ * The quantized Linear paths, best last.  The active one is the best this CPU supports,
+ * unless a test forced another with mq_linear_set_isa: that override lives here, in the
+ * dispatch table's own slot, and nowhere else. */
+#include "linear.h"
+
+static const mq_linear_kernels *const linear_paths[] = {
+    &mq_linear_kernels_portable,
+#if defined(__x86_64__)
+    &mq_linear_kernels_avx2,
+    &mq_linear_kernels_avx512_vnni,
+#endif
+};
+#define LINEAR_PATHS ((int)(sizeof linear_paths / sizeof linear_paths[0]))
+
+static unsigned linear_path_needs(int index) {
+  static const unsigned needs[3] = {0u, MQ_CPU_AVX2, MQ_CPU_AVX2 | MQ_CPU_AVX512 | MQ_CPU_VNNI};
+  return needs[index];
+}
+
+static int linear_best(void) {
+  const unsigned have = mq_cpu_detect();
+  int best = 0;
+  for (int i = 0; i < LINEAR_PATHS; i++)
+    if ((have & linear_path_needs(i)) == linear_path_needs(i)) best = i;
+  return best;
+}
+
+/* index + 1 of the active path; 0 until the first call picks the best one */
+static atomic_int linear_active = 0;
+
+const mq_linear_kernels *mq_linear_active(void) {
+  int v = atomic_load(&linear_active);
+  if (v == 0) {
+    v = linear_best() + 1;
+    atomic_store(&linear_active, v);
+  }
+  return linear_paths[v - 1];
+}
+
+const char *mq_linear_isa_name(void) { return mq_linear_active()->name; }
+
+static int linear_find(const char *name) {
+  for (int i = 0; i < LINEAR_PATHS; i++)
+    if (strcmp(linear_paths[i]->name, name) == 0) return i;
+  return -1;
+}
+
+int mq_linear_isa_supported(const char *name) {
+  const int i = linear_find(name);
+  return i >= 0 && (mq_cpu_detect() & linear_path_needs(i)) == linear_path_needs(i);
+}
+
+mq_status mq_linear_set_isa(const char *name) {
+  if (strcmp(name, "auto") == 0) {
+    atomic_store(&linear_active, linear_best() + 1);
+    return MQ_OK;
+  }
+  if (!mq_linear_isa_supported(name)) return MQ_ERR_ARG;
+  atomic_store(&linear_active, linear_find(name) + 1);
+  return MQ_OK;
+}

@@ -229,6 +229,77 @@ mq_status mq_int4_pack(const uint8_t *nibbles, int64_t n, int64_t k, uint8_t *qw
  *  @return MQ_ERR_SHAPE if k is odd or a size is negative. */
 mq_status mq_int4_unpack(const uint8_t *qweight, int64_t n, int64_t k, uint8_t *nibbles,
                          int num_threads);
+/* ---- LINEAR: quantized Linear forward (linear_portable.c, linear_avx2.c, linear_avx512.c) -
+ *
+ * y[m][n] = sum_k x[m][k] * w[n][k] + bias[n], with w an INT8 (per output channel) or INT4
+ * (group-wise) weight repacked once by mq_linear_*_pack into an opaque, SIMD-friendly layout
+ * (described in csrc/linear.h; the canonical layout of docs/design.md is what gets saved).
+ *
+ * Activations are quantized per call to int8 in blocks of 32 along k (one float scale per
+ * block, d = max|x| / 127, symmetric, round half to even); the kernels take integer dot
+ * products and apply the activation and weight scales in float32.  The only approximation
+ * against float math on the dequantized weight is that rounding of the activations:
+ *     |y - x . w_hat| <= sum_blocks (d_b / 2) * sum_{k in b} |w_hat[n][k]|  (+ float32 rounding).
+ * All paths (portable, avx2, avx512_vnni) and the torch twin mono_quant/_reference.py compute
+ * the same integers; they differ only in float32 summation order and fused multiply-adds:
+ *     |y_path - y_twin| <= 2^-20 * A + one unit in the last place of out_dtype,
+ * where A is the same sum taken over absolute values of every term.  Results do not depend
+ * on the thread count (each output element is computed by one thread in a fixed order).
+ *
+ * x: [m, k] F32, F16 or BF16; out: [m, n] of the same dtype; bias: [n] F32/F16/BF16 or NULL.
+ * NaN or Inf in x is an error (MQ_ERR_NONFINITE), as for every quantized input.
+ * Packed buffers start with a header naming format, n, k (and g); a mismatch is MQ_ERR_LAYOUT.
+ */
+
+/*! mq_linear_int8_packed_size() : bytes of the packed form of an INT8 [n, k] weight.
+ *  @return MQ_ERR_SHAPE if n or k is < 1. */
+mq_status mq_linear_int8_packed_size(int64_t n, int64_t k, int64_t *bytes);
+
+/*! mq_linear_int8_pack() :
+ *  Repack qweight [n, k] (q_dtype MQ_I8 or MQ_U8), scale float[n] (finite, > 0) and
+ *  zero_point int32[n] (within the range of q_dtype) into `packed` of `packed_bytes`
+ *  (== mq_linear_int8_packed_size).  Weight value = (q - zero_point) * scale.
+ *  @return MQ_ERR_ARG for a bad scale or zero point, MQ_ERR_SHAPE for a wrong packed size. */
+mq_status mq_linear_int8_pack(const void *qweight, mq_dtype q_dtype, const float *scale,
+                              const int32_t *zero_point, int64_t n, int64_t k, void *packed,
+                              int64_t packed_bytes, int num_threads);
+
+/*! mq_linear_int8() : out[m, n] = x[m, k] . w^T + bias, w from mq_linear_int8_pack. */
+mq_status mq_linear_int8(const void *x, mq_dtype x_dtype, int64_t m, const void *packed,
+                         int64_t packed_bytes, int64_t n, int64_t k, const void *bias,
+                         mq_dtype bias_dtype, void *out, int num_threads);
+
+/*! mq_linear_int4_packed_size() : bytes of the packed form of an INT4 [n, k] weight, group g.
+ *  @return MQ_ERR_ARG if g is not 32, 64, 128 or 256; MQ_ERR_SHAPE if n < 1, k < 1 or
+ *          k % g != 0. */
+mq_status mq_linear_int4_packed_size(int64_t n, int64_t k, int64_t group_size, int64_t *bytes);
+
+/*! mq_linear_int4_pack() :
+ *  Repack the canonical INT4 weight (docs/design.md): qweight uint8 [n, k/2] (element k in
+ *  byte k/2, even k in the low nibble), scale float16 bits [n, k/g] (finite, > 0), zero_point
+ *  uint8 [n, k/g] (0..15).  Weight value = (nibble - zero_point) * scale.
+ *  @return MQ_ERR_ARG for a bad scale, zero point or group size, MQ_ERR_SHAPE for sizes. */
+mq_status mq_linear_int4_pack(const uint8_t *qweight, const uint16_t *scale,
+                              const uint8_t *zero_point, int64_t n, int64_t k, int64_t group_size,
+                              void *packed, int64_t packed_bytes, int num_threads);
+
+/*! mq_linear_int4() : out[m, n] = x[m, k] . w^T + bias, w from mq_linear_int4_pack. */
+mq_status mq_linear_int4(const void *x, mq_dtype x_dtype, int64_t m, const void *packed,
+                         int64_t packed_bytes, int64_t n, int64_t k, int64_t group_size,
+                         const void *bias, mq_dtype bias_dtype, void *out, int num_threads);
+
+/*! mq_linear_isa_name() : the forward path in use: "portable", "avx2" or "avx512_vnni". */
+const char *mq_linear_isa_name(void);
+
+/*! mq_linear_isa_supported() : 1 if path `name` can run on this CPU (and SIMD is not disabled
+ *  by MONO_QUANT_DISABLE_SIMD), else 0. */
+int mq_linear_isa_supported(const char *name);
+
+/*! mq_linear_set_isa() :
+ *  Test hook: use path `name` ("portable", "avx2", "avx512_vnni", or "auto" for the best
+ *  supported one) for every later forward call in the process.
+ *  @return MQ_ERR_ARG for an unknown name or a path this CPU cannot run. */
+mq_status mq_linear_set_isa(const char *name);
 
 #ifdef __cplusplus
 }

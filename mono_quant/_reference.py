@@ -11,6 +11,7 @@ Layout convention shared with ``csrc/mono_quant.h``: a tensor quantized per chan
 from __future__ import annotations
 
 import math
+import struct
 
 import torch
 
@@ -321,3 +322,302 @@ def int4_unpack(qweight: torch.Tensor) -> torch.Tensor:
     """uint8 ``[n, k/2]`` -> nibbles uint8 ``[n, k]`` (the inverse of ``int4_pack``)."""
     n, half = qweight.shape
     return torch.stack((qweight & 15, qweight >> 4), dim=-1).reshape(n, 2 * half)
+# LINEAR: quantized Linear forward (twin of csrc/linear*.c; layouts in csrc/linear.h)
+#
+# Weights are repacked once into tiles of 16 interleaved output rows (``pack_linear_*``; the
+# same bytes as the C packer, built here with torch so it works on any device). A forward
+# quantizes the activations to int8 in blocks of 32 along k (one float32 scale per block),
+# takes exact integer dot products per block and applies the scales in float32. The C paths
+# differ from these functions only in float32 summation order and fused multiply-adds:
+#     |y_c - y_twin| <= LINEAR_TWIN_RTOL * A + 1 ulp of the output dtype,
+# A being the same computation over the absolute values of every term (see
+# ``linear_error_scale``). Against float math on the dequantized weight the only error is
+# the rounding of the activations, |x - d * xq| <= d / 2 per element:
+#     |y - x @ w_hat.T| <= sum_b (d_b / 2) * sum_{k in b} |w_hat[n, k]|  (+ the rounding above).
+# ---------------------------------------------------------------------------------------------
+
+LINEAR_QK = 32  # activations: one scale per block of 32 values along k
+LINEAR_NR = 16  # output rows interleaved in one tile of the packed layout
+LINEAR_GROUP_SIZES = (32, 64, 128, 256)
+LINEAR_VERSION = 1
+LINEAR_TWIN_RTOL = 2.0**-20
+_LINEAR_HEADER = struct.Struct("<8siiqqqqqq")  # magic, version, g, n, k, kp, tiles, tile_bytes, 0
+_MAGIC_INT8 = b"MQLINI8\0"
+_MAGIC_INT4 = b"MQLINI4\0"
+# a forward's block products are made in chunks of at most this many float32 values
+_LINEAR_CHUNK_ELEMS = 1 << 22
+
+
+def _round_up(v: int, to: int) -> int:
+    return (v + to - 1) // to * to
+
+
+def _tiles(n: int) -> int:
+    return (n + LINEAR_NR - 1) // LINEAR_NR
+
+
+def _int8_tile_bytes(kp: int) -> int:
+    return kp // LINEAR_QK * LINEAR_QK * LINEAR_NR + LINEAR_NR * 8
+
+
+def _int4_tile_bytes(k: int, g: int) -> int:
+    return k // g * (64 + g // LINEAR_QK * LINEAR_QK * LINEAR_NR // 2)
+
+
+def check_linear_group_size(group_size: int) -> None:
+    if group_size not in LINEAR_GROUP_SIZES:
+        raise ValueError(f"group_size must be one of 32, 64, 128, 256; got {group_size}")
+
+
+def linear_int8_packed_size(n: int, k: int) -> int:
+    """Bytes of a packed INT8 ``[n, k]`` weight (header + tiles)."""
+    if n < 1 or k < 1:
+        raise ValueError(f"out_features and in_features must be >= 1; got {n} and {k}")
+    return _LINEAR_HEADER.size + _tiles(n) * _int8_tile_bytes(_round_up(k, LINEAR_QK))
+
+
+def linear_int4_packed_size(n: int, k: int, group_size: int) -> int:
+    """Bytes of a packed INT4 ``[n, k]`` weight with groups of ``group_size`` along k."""
+    check_linear_group_size(group_size)
+    if n < 1 or k < 1 or k % group_size:
+        raise ValueError(
+            f"in_features ({k}) must be a positive multiple of group_size ({group_size}) "
+            f"and out_features ({n}) positive"
+        )
+    return _LINEAR_HEADER.size + _tiles(n) * _int4_tile_bytes(k, group_size)
+
+
+def _linear_header(magic: bytes, n: int, k: int, kp: int, g: int, tile_bytes: int,
+                   device: torch.device) -> torch.Tensor:
+    raw = _LINEAR_HEADER.pack(magic, LINEAR_VERSION, g, n, k, kp, _tiles(n), tile_bytes, 0)
+    return torch.tensor(list(raw), dtype=torch.uint8, device=device)
+
+
+def _check_linear_header(packed: torch.Tensor, magic: bytes, n: int, k: int, g: int) -> None:
+    fmt = "INT4" if g else "INT8"
+    size = linear_int4_packed_size(n, k, g) if g else linear_int8_packed_size(n, k)
+    ok = packed.dtype == torch.uint8 and packed.dim() == 1 and packed.numel() == size
+    if ok:
+        fields = _LINEAR_HEADER.unpack(bytes(packed[: _LINEAR_HEADER.size].tolist()))
+        ok = fields[:5] == (magic, LINEAR_VERSION, g, n, k)
+    if not ok:
+        group = f", group_size={g}" if g else ""
+        raise ValueError(
+            f"argument 'packed' does not hold a packed {fmt} weight with out_features={n}, "
+            f"in_features={k}{group} (another layer's, or packed by another version of "
+            f"mono_quant); re-pack the canonical weights with pack_linear_{fmt.lower()}"
+        )
+
+
+def _as_bytes(t: torch.Tensor) -> torch.Tensor:
+    """The little-endian bytes of a 2-D tensor, ``[rows, cols * itemsize]`` uint8."""
+    return t.contiguous().view(torch.uint8)
+
+
+def pack_linear_int8(qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    """The packed INT8 layout of ``csrc/linear.h``, byte for byte what the C packer writes."""
+    n, k = qweight.shape
+    scale = scale.float().reshape(-1)
+    zero_point = zero_point.to(torch.int32).reshape(-1)
+    if not bool((torch.isfinite(scale) & (scale > 0)).all()):
+        raise ValueError("pack_linear_int8: scales must be finite and > 0")
+    lo, hi = INT8_RANGES[qweight.dtype]
+    if not bool(((zero_point >= lo) & (zero_point <= hi)).all()):
+        raise ValueError(
+            "pack_linear_int8: zero points must lie within the range of qweight's dtype "
+            "(-128..127 for int8, 0..255 for uint8)"
+        )
+    dev = qweight.device
+    kp, tiles = _round_up(k, LINEAR_QK), _tiles(n)
+    nb = kp // LINEAR_QK
+    if qweight.dtype == torch.int8:  # wu = q - center + 128 as uint8
+        wu, zero = (qweight.to(torch.int16) + 128).to(torch.uint8), zero_point
+    else:
+        wu, zero = qweight, zero_point - 128
+    w = torch.full((tiles * LINEAR_NR, kp), 128, dtype=torch.uint8, device=dev)
+    w[:n, :k] = wu
+    # [tile, row, block, quad, j] -> [tile, block, quad, row, j]
+    w = w.view(tiles, LINEAR_NR, nb, LINEAR_QK // 4, 4).permute(0, 2, 3, 1, 4).reshape(tiles, -1)
+    s = torch.zeros(tiles * LINEAR_NR, dtype=torch.float32, device=dev)
+    z = torch.zeros(tiles * LINEAR_NR, dtype=torch.int32, device=dev)
+    s[:n] = scale
+    z[:n] = zero
+    body = torch.cat([w, _as_bytes(s.view(tiles, LINEAR_NR)), _as_bytes(z.view(tiles, LINEAR_NR))], dim=1)
+    head = _linear_header(_MAGIC_INT8, n, k, kp, 0, _int8_tile_bytes(kp), dev)
+    return torch.cat([head, body.reshape(-1)])
+
+
+def unpack_linear_int8(packed: torch.Tensor, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inverse of ``pack_linear_int8``: ``w`` (int16, ``q - center``) ``[n, k]``, ``scale``
+    float32 ``[n]`` and ``zero`` int32 ``[n]`` (``zero_point - center``), so that the weight
+    is ``(w - zero) * scale``."""
+    _check_linear_header(packed, _MAGIC_INT8, n, k, 0)
+    kp, tiles = _round_up(k, LINEAR_QK), _tiles(n)
+    nb = kp // LINEAR_QK
+    body = packed[_LINEAR_HEADER.size :].view(tiles, _int8_tile_bytes(kp))
+    wb = nb * LINEAR_QK * LINEAR_NR
+    w = body[:, :wb].reshape(tiles, nb, LINEAR_QK // 4, LINEAR_NR, 4).permute(0, 3, 1, 2, 4)
+    w = w.reshape(tiles * LINEAR_NR, kp)[:n, :k].to(torch.int16) - 128
+    s = body[:, wb : wb + 64].contiguous().view(torch.float32).reshape(-1)[:n]
+    z = body[:, wb + 64 :].contiguous().view(torch.int32).reshape(-1)[:n]
+    return w, s, z
+
+
+def pack_linear_int4(qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                     group_size: int) -> torch.Tensor:
+    """The packed INT4 layout of ``csrc/linear.h`` from the canonical INT4 weight."""
+    check_linear_group_size(group_size)
+    n, k = qweight.shape[0], 2 * qweight.shape[1]
+    g = group_size
+    ng = k // g
+    s16 = scale.to(torch.float16).reshape(n, ng)
+    zp = zero_point.to(torch.uint8).reshape(n, ng)
+    sf = s16.float()
+    if not bool((torch.isfinite(sf) & (sf > 0)).all()) or bool((zp > 15).any()):
+        raise ValueError(
+            f"pack_linear_int4: group_size must be one of 32, 64, 128, 256 (got {g}), scales "
+            "finite and > 0 and zero points in 0..15"
+        )
+    dev = qweight.device
+    tiles, bpg = _tiles(n), g // LINEAR_QK
+    nib = unpack_nibbles(qweight)  # [n, k], 0..15
+    u = torch.zeros(tiles * LINEAR_NR, k, dtype=torch.uint8, device=dev)
+    u[:n] = nib
+    # k = 32 * block + 16 * half + 4 * quad + j; byte = low half | high half << 4
+    u = u.view(tiles, LINEAR_NR, ng, bpg, 2, 4, 4)
+    data = (u[:, :, :, :, 0] | (u[:, :, :, :, 1] << 4))  # [tile, row, grp, blk, quad, j]
+    data = data.permute(0, 2, 3, 4, 1, 5).reshape(tiles, ng, bpg * LINEAR_QK * LINEAR_NR // 2)
+    sp = torch.zeros(tiles * LINEAR_NR, ng, dtype=torch.float16, device=dev)
+    zpp = torch.zeros(tiles * LINEAR_NR, ng, dtype=torch.uint8, device=dev)
+    sp[:n] = s16
+    zpp[:n] = zp
+    sp = sp.view(tiles, LINEAR_NR, ng).transpose(1, 2).contiguous()  # [tile, grp, row]
+    zpp = zpp.view(tiles, LINEAR_NR, ng).transpose(1, 2)
+    pad = torch.zeros(tiles, ng, 16, dtype=torch.uint8, device=dev)
+    hdr = torch.cat([_as_bytes(sp.view(tiles * ng, LINEAR_NR)).view(tiles, ng, 32), zpp, pad], dim=2)
+    body = torch.cat([hdr, data], dim=2).reshape(-1)
+    head = _linear_header(_MAGIC_INT4, n, k, k, g, _int4_tile_bytes(k, g), dev)
+    return torch.cat([head, body])
+
+
+def unpack_linear_int4(packed: torch.Tensor, n: int, k: int, group_size: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inverse of ``pack_linear_int4``: nibbles uint8 ``[n, k]`` (0..15), ``scale`` float16
+    ``[n, k // g]``, ``zero_point`` uint8 ``[n, k // g]``."""
+    check_linear_group_size(group_size)
+    _check_linear_header(packed, _MAGIC_INT4, n, k, group_size)
+    g = group_size
+    tiles, ng, bpg = _tiles(n), k // g, g // LINEAR_QK
+    body = packed[_LINEAR_HEADER.size :].view(tiles, ng, _int4_tile_bytes(k, g) // ng)
+    s = body[:, :, :32].contiguous().view(torch.float16)  # [tile, grp, row]
+    zp = body[:, :, 32:48]
+    data = body[:, :, 64:].reshape(tiles, ng, bpg, 4, LINEAR_NR, 4).permute(0, 4, 1, 2, 3, 5)
+    u = torch.stack([data & 15, data >> 4], dim=4)  # [tile, row, grp, blk, half, quad, j]
+    u = u.reshape(tiles * LINEAR_NR, k)[:n]
+    s = s.permute(0, 2, 1).reshape(tiles * LINEAR_NR, ng)[:n]
+    zp = zp.permute(0, 2, 1).reshape(tiles * LINEAR_NR, ng)[:n]
+    return u, s, zp
+
+
+def unpack_nibbles(qweight: torch.Tensor) -> torch.Tensor:
+    """Canonical INT4 bytes ``[n, k // 2]`` -> nibbles ``[n, k]`` (even k in the low nibble)."""
+    return torch.stack([qweight & 15, qweight >> 4], dim=-1).reshape(qweight.shape[0], -1)
+
+
+def quantize_linear_activations(x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Activations ``[m, k]`` -> ``xq`` (float32 holding ints in -127..127) ``[m, nb, 32]``,
+    block scales ``d`` ``[m, nb]`` and block sums ``asum`` ``[m, nb]``; k is zero-padded to a
+    multiple of 32. ``d = max|x| / 127``, ``xq = round_half_even(x / d)`` (0 where d == 0)."""
+    if not bool(torch.isfinite(x2).all()):
+        raise ValueError(
+            "the input x contains NaN or Inf; the quantized Linear kernels quantize activations "
+            "to int8 and need finite values (check the previous layer, or torch.nan_to_num)"
+        )
+    m, k = x2.shape
+    kp = _round_up(k, LINEAR_QK)
+    xf = torch.nn.functional.pad(x2.float(), (0, kp - k)).view(m, kp // LINEAR_QK, LINEAR_QK)
+    d = xf.abs().amax(dim=-1) / 127.0
+    dd = d.unsqueeze(-1)
+    xq = torch.where(dd > 0, torch.round(xf / torch.where(dd > 0, dd, 1.0)), 0.0).clamp(-127, 127)
+    return xq, d, xq.sum(dim=-1)
+
+
+def _block_dots(xq: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
+    """``dots[m, n, b] = sum_i xq[m, b, i] * wb[n, b, i]``: integers below 2^24, exact in f32."""
+    return torch.einsum("mbi,nbi->mnb", xq, wb)
+
+
+def _chunk_blocks(m: int, n: int, nb: int, multiple: int) -> int:
+    per = max(1, _LINEAR_CHUNK_ELEMS // max(1, m * n))
+    return max(multiple, per // multiple * multiple) if nb > per else nb
+
+
+def linear_int8(x2: torch.Tensor, packed: torch.Tensor, n: int, k: int,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Twin of ``mq_linear_int8``: ``x2 [m, k]`` -> ``[m, n]`` in ``x2.dtype``."""
+    packed = packed.to(x2.device)
+    w, scale, zero = unpack_linear_int8(packed, n, k)
+    xq, d, asum = quantize_linear_activations(x2)
+    m, nb = d.shape
+    kp = nb * LINEAR_QK
+    wb = torch.nn.functional.pad(w.float(), (0, kp - k)).view(n, nb, LINEAR_QK)
+    facc = torch.zeros(m, n, dtype=torch.float32, device=x2.device)
+    step = _chunk_blocks(m, n, nb, 1)
+    for b0 in range(0, nb, step):
+        b1 = min(nb, b0 + step)
+        facc += (_block_dots(xq[:, b0:b1], wb[:, b0:b1]) * d[:, None, b0:b1]).sum(dim=-1)
+    S = (d * asum).sum(dim=-1, keepdim=True)
+    y = scale * (facc - zero.float() * S)
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x2.dtype)
+
+
+def linear_int4(x2: torch.Tensor, packed: torch.Tensor, n: int, k: int, group_size: int,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Twin of ``mq_linear_int4``: ``x2 [m, k]`` -> ``[m, n]`` in ``x2.dtype``."""
+    packed = packed.to(x2.device)
+    u, scale, zp = unpack_linear_int4(packed, n, k, group_size)
+    xq, d, asum = quantize_linear_activations(x2)
+    m, nb = d.shape
+    g = group_size
+    ng, bpg = k // g, g // LINEAR_QK
+    ub = u.float().view(n, nb, LINEAR_QK)
+    sf, zf = scale.float(), zp.float()
+    D = (d * asum).view(m, ng, bpg).sum(dim=-1)  # [m, ng]
+    y = torch.zeros(m, n, dtype=torch.float32, device=x2.device)
+    step = _chunk_blocks(m, n, nb, bpg)
+    for b0 in range(0, nb, step):
+        b1 = min(nb, b0 + step)
+        j0, j1 = b0 // bpg, b1 // bpg
+        bd = _block_dots(xq[:, b0:b1], ub[:, b0:b1]) * d[:, None, b0:b1]
+        gacc = bd.view(m, n, j1 - j0, bpg).sum(dim=-1)
+        y += (sf[None, :, j0:j1] * (gacc - zf[None, :, j0:j1] * D[:, None, j0:j1])).sum(dim=-1)
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x2.dtype)
+
+
+def linear_error_scale(x2: torch.Tensor, packed: torch.Tensor, n: int, k: int,
+                       group_size: int = 0, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``A`` of the twin tolerance: the forward with every term replaced by its absolute
+    value (``[m, n]``, float32). Paths agree within ``LINEAR_TWIN_RTOL * A`` + 1 ulp."""
+    xq, d, asum = quantize_linear_activations(x2)
+    m, nb = d.shape
+    xa, asum_a = xq.abs(), asum.abs()
+    if group_size == 0:
+        w, scale, zero = unpack_linear_int8(packed.to(x2.device), n, k)
+        kp = nb * LINEAR_QK
+        wb = torch.nn.functional.pad(w.float().abs(), (0, kp - k)).view(n, nb, LINEAR_QK)
+        acc = (_block_dots(xa, wb) * d[:, None, :]).sum(-1)
+        a = scale.abs() * (acc + zero.float().abs() * (d * asum_a).sum(-1, keepdim=True))
+    else:
+        u, scale, zp = unpack_linear_int4(packed.to(x2.device), n, k, group_size)
+        ng, bpg = k // group_size, group_size // LINEAR_QK
+        bd = _block_dots(xa, u.float().view(n, nb, LINEAR_QK)) * d[:, None, :]
+        gacc = bd.view(m, n, ng, bpg).sum(-1)
+        D = (d * asum_a).view(m, ng, bpg).sum(-1)
+        a = (scale.float()[None] * (gacc + zp.float()[None] * D[:, None, :])).sum(-1)
+    if bias is not None:
+        a = a + bias.float().abs()
+    return a

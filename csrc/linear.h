@@ -1,0 +1,150 @@
+/*
+ * linear.h : the repacked ("packed") weight layouts of the quantized Linear kernels, the job
+ * a forward call hands to the per-ISA tile functions, and the dispatch table type.
+ *
+ * Included by files compiled with different ISA flags (linear_portable.c, linear_avx2.c,
+ * linear_avx512.c, cpu.c): it holds only types, constants, declarations and static inline
+ * code, so no out-of-line function is ever compiled with the wrong flags.
+ *
+ * ---- activations ---------------------------------------------------------------------------
+ * Each activation row x[k] (k padded with zeros to kp = roundup(k, 32)) is cut into blocks of
+ * MQ_LINEAR_QK = 32 values.  Per block b:
+ *     amax = max |x|,  d[b] = amax / 127,
+ *     xq[i] = d[b] > 0 ? clamp(round_half_even(x[i] / d[b]), -127, 127) : 0,
+ *     asum[b] = sum xq[i]                                                        (exact ints)
+ * float32 arithmetic (a division, not a multiply by 1/d, so a subnormal d is harmless), so
+ * every path (and the torch twin) gets the same xq, d and asum.
+ *
+ * ---- INT8 packed layout (MQ_LINEAR_MAGIC_INT8) ---------------------------------------------
+ * header (64 bytes), then tiles of MQ_LINEAR_NR = 16 output rows, tile t = rows 16t..16t+15
+ * (rows past n are padding: weight 0, scale 0).  One tile:
+ *     for block b in [0, kp/32), for quad c in [0, 8):  64 bytes, byte 4r + j =
+ *         wu[16t + r][32b + 4c + j],  wu = w + 128 as uint8 (w = q - center, int8)
+ *     float  scale[16]
+ *     int32  zero[16]       zero = zero_point - center
+ * with center = 0 for int8 qweight and 128 for uint8 qweight, so q - zero_point = w - zero.
+ * Sixteen rows sit side by side: one 512-bit register holds four k of all 16 rows, and a
+ * dot-product instruction accumulates all 16 rows at once with no horizontal sums.
+ *
+ * ---- INT4 packed layout (MQ_LINEAR_MAGIC_INT4) ---------------------------------------------
+ * header, then tiles of 16 rows.  One tile: for each group of g inputs (ng = k / g groups):
+ *     uint16 scale[16] (float16 bits), uint8 zero[16] (0..15), 16 zero bytes     (64 bytes)
+ *     for block b of the group, for c in [0, 4):  64 bytes, byte 4r + j =
+ *         u[r][32b + 4c + j] | u[r][32b + 16 + 4c + j] << 4        (u: the nibble, 0..15)
+ * The nibbles stay packed (0.5 byte per weight plus 64 bytes per 16 x g); `& 15` and `>> 4`
+ * of one 64-byte chunk give two registers of four k each for 16 rows.
+ *
+ * ---- what a forward computes ----------------------------------------------------------------
+ * INT8, row n of batch row m:
+ *     dot[b] = sum_{i in b} w[n][i] * xq[m][i]                       (exact int32)
+ *     y = scale[n] * (sum_b d[b] * dot[b] - zero[n] * S) + bias[n],  S = sum_b d[b] * asum[b]
+ * INT4, group j of row n:
+ *     dot[b] = sum_{i in b} u[n][i] * xq[m][i]                       (exact int32)
+ *     y = sum_j scale[n][j] * (sum_{b in j} d[b] * dot[b] - zero[n][j] * D[j]) + bias[n],
+ *     D[j] = sum_{b in j} d[b] * asum[b]
+ * The sums over b run in order; SIMD paths use fused multiply-adds, the portable path does
+ * not, so paths agree to float32 rounding (see mono_quant.h for the documented tolerance).
+ */
+#ifndef MQ_LINEAR_H
+#define MQ_LINEAR_H
+
+#include <assert.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "convert.h"
+#include "mono_quant.h"
+
+#define MQ_LINEAR_QK 32 /* activation block: one float scale per 32 int8 values */
+#define MQ_LINEAR_NR 16 /* output rows per tile */
+#define MQ_LINEAR_INT8_BLOCK_BYTES (MQ_LINEAR_QK * MQ_LINEAR_NR)     /* 512 */
+#define MQ_LINEAR_INT4_BLOCK_BYTES (MQ_LINEAR_QK * MQ_LINEAR_NR / 2) /* 256 */
+#define MQ_LINEAR_INT4_GROUP_HEADER 64
+#define MQ_LINEAR_INT8_TILE_TAIL (MQ_LINEAR_NR * 8) /* scale[16] + zero[16] */
+#define MQ_LINEAR_VERSION 1
+
+static const char MQ_LINEAR_MAGIC_INT8[8] = {'M', 'Q', 'L', 'I', 'N', 'I', '8', 0};
+static const char MQ_LINEAR_MAGIC_INT4[8] = {'M', 'Q', 'L', 'I', 'N', 'I', '4', 0};
+
+/* The first 64 bytes of a packed weight. */
+typedef struct {
+  char magic[8];
+  int32_t version;
+  int32_t group_size; /* INT4: g; INT8: 0 */
+  int64_t n, k;       /* out_features, in_features */
+  int64_t kp;         /* k rounded up to MQ_LINEAR_QK */
+  int64_t tiles;      /* ceil(n / MQ_LINEAR_NR) */
+  int64_t tile_bytes;
+  int64_t reserved;
+} mq_linear_header;
+static_assert(sizeof(mq_linear_header) == 64, "mq_linear_header must be 64 bytes");
+
+/* Header of one INT4 group inside a tile. */
+typedef struct {
+  uint16_t scale[MQ_LINEAR_NR]; /* float16 bits */
+  uint8_t zero[MQ_LINEAR_NR];
+  uint8_t pad[16];
+} mq_linear_int4_group_header;
+static_assert(sizeof(mq_linear_int4_group_header) == MQ_LINEAR_INT4_GROUP_HEADER,
+              "an INT4 group header must be 64 bytes");
+
+/* Scale and zero of one INT8 tile, after its weights. */
+typedef struct {
+  float scale[MQ_LINEAR_NR];
+  int32_t zero[MQ_LINEAR_NR];
+} mq_linear_int8_tile_tail;
+static_assert(sizeof(mq_linear_int8_tile_tail) == MQ_LINEAR_INT8_TILE_TAIL,
+              "an INT8 tile tail must be 128 bytes");
+
+/* One forward call, as the tile functions see it.  Activations are already quantized. */
+typedef struct {
+  const uint8_t *tiles;  /* first tile (just after the header) */
+  int64_t tile_bytes;
+  int64_t n, k, kp, nb;  /* nb = kp / 32 */
+  int64_t group, ng;     /* INT4: group size and k / group; INT8: 0, 0 */
+  int64_t m;             /* batch rows */
+  const int8_t *xq;      /* [m][kp] */
+  const float *d;        /* [m][nb] */
+  const int32_t *acc_start; /* [m][nb]: -128 * asum, where a VNNI INT8 block sum starts */
+  const float *corr;     /* INT8: S, [m]; INT4: D, [m][ng] */
+  const float *bias;     /* [n] float32, or NULL */
+  void *out;             /* [m][n] of out_dtype */
+  mq_dtype out_dtype;
+} mq_linear_job;
+
+/* A forward path: quantize one activation row, run tiles [t0, t1) of an INT8 / INT4 job. */
+typedef struct {
+  const char *name;
+  /* @return 0 if x holds NaN or Inf, else 1 (and xq, d, asum are filled) */
+  int (*quantize_row)(const void *x, mq_dtype dtype, int64_t k, int64_t kp, int8_t *xq, float *d,
+                      int32_t *asum);
+  void (*int8_tiles)(const mq_linear_job *job, int64_t t0, int64_t t1);
+  void (*int4_tiles)(const mq_linear_job *job, int64_t t0, int64_t t1);
+} mq_linear_kernels;
+
+/* Each file provides its table (the SIMD ones only when compiled for x86-64). */
+extern const mq_linear_kernels mq_linear_kernels_portable;
+extern const mq_linear_kernels mq_linear_kernels_avx2;
+extern const mq_linear_kernels mq_linear_kernels_avx512_vnni;
+
+/*! mq_linear_active() : the kernel table picked in cpu.c (best available, or the override). */
+const mq_linear_kernels *mq_linear_active(void);
+
+/* ---- helpers shared by every path ------------------------------------------------------- */
+
+static inline int64_t mq_linear_round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
+
+/* Store y[0..rows) (rows <= 16) into out row `m`, columns n0.., converting to out_dtype. */
+static inline void mq_linear_store_rows(const mq_linear_job *job, int64_t m, int64_t n0,
+                                        const float *y, int64_t rows) {
+  const int64_t base = m * job->n + n0;
+  for (int64_t r = 0; r < rows; r++) mq_store_f32(job->out, job->out_dtype, base + r, y[r]);
+}
+
+/* Rows of tile t that are real (the last tile may be partial). */
+static inline int64_t mq_linear_tile_rows(const mq_linear_job *job, int64_t t) {
+  const int64_t left = job->n - t * MQ_LINEAR_NR;
+  return left < MQ_LINEAR_NR ? left : MQ_LINEAR_NR;
+}
+
+#endif /* MQ_LINEAR_H */
