@@ -565,6 +565,12 @@ def linear_int4(x: torch.Tensor, packed: torch.Tensor, out_features: int, in_fea
     return out.reshape(*x.shape[:-1], out_features)
 
 
+def linear_c_enabled() -> bool:
+    """True when quantized Linear modules may run the C kernel: the extension is built and
+    the backend is not ``"reference"`` (under which they compute in float, in torch)."""
+    return _C is not None and _backend.get() != "reference"
+
+
 def linear_isas() -> list[str]:
     """The quantized Linear paths this CPU can run, best last (``[]`` without the C build)."""
     return [] if _C is None else list(_C.linear_isas())

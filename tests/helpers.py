@@ -41,3 +41,24 @@ def assert_same_snapshot(before, after) -> None:
     assert state_a.keys() == state_b.keys()
     for key in state_b:
         torch.testing.assert_close(state_a[key], state_b[key], rtol=0, atol=0, equal_nan=True, msg=key)
+
+
+def assert_activation_rounding_close(y: torch.Tensor, x: torch.Tensor, w_hat: torch.Tensor,
+                                     bias: torch.Tensor | None) -> None:
+    """``y`` (a quantized Linear's CPU output) equals float math on the dequantized weight up
+    to the int8 rounding of the activations: each activation in a block of 32 moves by at most
+    half its block's step d_b, so |y - x.w_hat| <= sum_b d_b / 2 * sum_{k in b} |w_hat[n, k]|,
+    plus float rounding of y itself (its dtype's epsilon, relative to sum |x| |w_hat|)."""
+    from mono_quant import _reference as R
+
+    k = w_hat.shape[1]
+    x2 = x.detach().reshape(-1, k)
+    _, d, _ = R.quantize_linear_activations(x2)
+    kp = d.shape[1] * R.LINEAR_QK
+    wabs = nn.functional.pad(w_hat.abs().double(), (0, kp - k)).view(w_hat.shape[0], -1, R.LINEAR_QK).sum(-1)
+    exact = x2.double() @ w_hat.double().T + (0 if bias is None else bias.double())
+    eps = torch.finfo(y.dtype).eps
+    scale = x2.double().abs() @ w_hat.double().abs().T + (0 if bias is None else bias.double().abs())
+    bound = 0.5 * (1 + 1e-5) * d.double() @ wabs.T + 4 * eps * scale + 1e-30
+    err = (y.detach().reshape(exact.shape).double() - exact).abs()
+    assert bool((err <= bound).all()), f"worst excess over the rounding bound {(err - bound).max().item():.3g}"

@@ -13,7 +13,7 @@ from mono_quant import QuantizationConfig
 from mono_quant import _kernels as K
 from mono_quant.nn import QuantizedLinear
 
-from helpers import cosine
+from helpers import assert_activation_rounding_close, cosine
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
@@ -47,11 +47,16 @@ def test_per_tensor_uses_one_scale(backend):
     assert "per_tensor" in repr(q)
 
 
-def test_forward_is_f_linear_with_the_dequantized_weight(backend):
+def test_forward_is_the_linear_kernel_or_f_linear(backend):
     linear = nn.Linear(64, 32)
     q = QuantizedLinear.from_float(linear)
     x = torch.randn(5, 7, 64)
-    assert torch.equal(q(x), F.linear(x, q.dequantized_weight(), q.bias))
+    if backend == "c":  # the CPU fast path: int8 activations, within their rounding of float math
+        packed = K.pack_linear_int8(q.qweight, q.scale, q.zero_point)
+        assert torch.equal(q(x), K.linear_int8(x, packed, 32, 64, q.bias))
+        assert_activation_rounding_close(q(x), x, q.dequantized_weight(), q.bias)
+    else:  # the reference backend computes in float, as on CUDA
+        assert torch.equal(q(x), F.linear(x, q.dequantized_weight(), q.bias))
     assert cosine(q(x), linear(x)) > 0.9999
 
 

@@ -10,6 +10,8 @@ from torch import nn
 from mono_quant import _kernels as K
 from mono_quant.nn.qlinear_int4 import QuantizedLinearInt4
 
+from helpers import assert_activation_rounding_close
+
 
 @pytest.fixture(params=["c", "reference"])
 def backend(request: pytest.FixtureRequest):
@@ -57,7 +59,12 @@ def test_buffers_attributes_and_forward(backend):
     w_hat = q.dequantized_weight()
     assert torch.equal(w_hat, K.int4_dequantize(*expected, group_size=64))
     x = torch.randn(5, 256)
-    assert torch.equal(q(x), F.linear(x, w_hat, linear.bias))
+    if backend == "c":  # the CPU fast path: int8 activations, within their rounding of float math
+        packed = K.pack_linear_int4(q.qweight, q.scale, q.zero_point, 64)
+        assert torch.equal(q(x), K.linear_int4(x, packed, 48, 256, 64, q.bias))
+        assert_activation_rounding_close(q(x), x, w_hat, q.bias)
+    else:  # the reference backend computes in float, as on CUDA
+        assert torch.equal(q(x), F.linear(x, w_hat, linear.bias))
     assert "group_size=64" in repr(q) and "symmetric=True" in repr(q)
 
 
@@ -68,7 +75,10 @@ def test_half_precision_inputs(backend, dtype):
     x = torch.randn(4, 128, dtype=dtype)
     y = q(x)
     assert y.dtype == dtype
-    assert torch.equal(y, F.linear(x, q.dequantized_weight(dtype), q.bias))
+    if backend == "c":
+        assert_activation_rounding_close(y, x, q.dequantized_weight(), q.bias)
+    else:
+        assert torch.equal(y, F.linear(x, q.dequantized_weight(dtype), q.bias))
 
 
 def test_no_bias_and_asymmetric(backend):

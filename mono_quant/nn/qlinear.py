@@ -7,19 +7,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import QuantizationConfig
+from .. import _kernels
 from ._int8_weight import Int8WeightMixin, check_int8_config
+from ._packed_forward import PackedForwardMixin
 
 
-class QuantizedLinear(Int8WeightMixin, nn.Module):
+class QuantizedLinear(PackedForwardMixin, Int8WeightMixin, nn.Module):
     """Linear layer with an INT8 weight, one scale and zero point per output feature.
 
     Buffers: ``qweight`` int8 (symmetric) or uint8 (asymmetric) ``[out, in]``, ``scale``
     float32 ``[out]``, ``zero_point`` int32 ``[out]`` (0 for int8; per-tensor quantization
     repeats its one scale over all rows), ``bias`` float ``[out]`` or None.
 
-    ``forward`` dequantizes the weight into the input's dtype and calls ``F.linear``: plain
-    torch, so it runs on any device and autograd flows to the input. It is one call so that
-    a fused INT8 kernel can replace it without touching the rest.
+    ``forward`` on the CPU runs the C kernel: the weight is repacked once (an in-memory copy
+    the size of ``qweight``, see ``packed_weight``), the input is quantized to int8 in blocks
+    of 32 and multiplied with integer dot products; the result differs from float math only
+    by that activation rounding. Elsewhere (CUDA, or when the input needs a gradient) it
+    dequantizes the weight and calls ``F.linear``, so autograd flows to the input.
 
     >>> qlinear = QuantizedLinear.from_float(nn.Linear(64, 32))
     >>> qlinear(torch.randn(8, 64)).shape
@@ -74,7 +78,13 @@ class QuantizedLinear(Int8WeightMixin, nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.uses_fast_path(x):
+            return _kernels.linear_int8(x, self.packed_weight(), self.out_features, self.in_features,
+                                        self.bias)
         return F.linear(x, self.dequantized_weight(x.dtype), self._bias_as(x.dtype))
+
+    def _pack(self) -> torch.Tensor:
+        return _kernels.pack_linear_int8(self.qweight, self.scale, self.zero_point)
 
     def extra_repr(self) -> str:
         return (

@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _kernels
+from ._packed_forward import PackedForwardMixin
 
 
-class QuantizedLinearInt4(nn.Module):
+class QuantizedLinearInt4(PackedForwardMixin, nn.Module):
     """Linear layer with an INT4 weight, one fp16 scale and zero point per group of
     ``group_size`` consecutive input features (format in ``docs/design.md``).
 
@@ -17,9 +18,11 @@ class QuantizedLinearInt4(nn.Module):
     the low nibble), ``scale`` float16 ``[out, in // group_size]``, ``zero_point`` uint8
     ``[out, in // group_size]`` (8 when symmetric), ``bias`` float ``[out]`` or None.
 
-    ``forward`` dequantizes the weight into the input's dtype and calls ``F.linear``: plain
-    torch, so it runs on any device and autograd flows to the input. It is one call so that
-    a fused INT4 kernel can replace it without touching the rest.
+    ``forward`` on the CPU runs the C kernel on a repacked in-memory copy of the weight
+    (about the size of ``qweight`` plus scales, see ``packed_weight``) with the input
+    quantized to int8 in blocks of 32; the result differs from float math only by that
+    activation rounding. Elsewhere (CUDA, or when the input needs a gradient) it dequantizes
+    the weight and calls ``F.linear``, so autograd flows to the input.
 
     Casting the module (``.float()``, ``.half()``, ``.bfloat16()``) casts the bias only: the
     scales stay float16, as the format stores them.
@@ -130,8 +133,14 @@ class QuantizedLinearInt4(nn.Module):
         return _kernels.int4_dequantize(self.qweight, self.scale, self.zero_point, self.group_size, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.uses_fast_path(x):
+            return _kernels.linear_int4(x, self.packed_weight(), self.out_features, self.in_features,
+                                        self.group_size, self.bias)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self.dequantized_weight(x.dtype), bias)
+
+    def _pack(self) -> torch.Tensor:
+        return _kernels.pack_linear_int4(self.qweight, self.scale, self.zero_point, self.group_size)
 
     def storage_bytes(self) -> int:
         """Bytes held by ``qweight``, ``scale``, ``zero_point`` and ``bias`` (for size reports).

@@ -1,0 +1,133 @@
+"""The CPU fast path of QuantizedLinear / QuantizedLinearInt4: when it runs, what it computes
+on every dispatch path, and the repacked-weight cache (built once, rebuilt when the buffers
+change, never saved or copied)."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import mono_quant
+from mono_quant import _kernels as K
+from mono_quant.nn import QuantizedLinear, QuantizedLinearInt4
+
+from helpers import assert_activation_rounding_close, cosine
+
+pytestmark = pytest.mark.skipif(not K.c_available(), reason="the C extension mono_quant._C is not built")
+
+ISAS = K.linear_isas()
+
+
+def make(kind: str, k: int, n: int, bias: bool = True, symmetric: bool = True) -> nn.Module:
+    linear = nn.Linear(k, n, bias=bias)
+    if kind == "int8":
+        return QuantizedLinear.from_float(linear, mono_quant.QuantizationConfig(symmetric=symmetric))
+    return QuantizedLinearInt4.from_float(linear, group_size=32, symmetric=symmetric)
+
+
+KINDS = ["int8", "int4"]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("k, n", [(32, 16), (96, 17), (160, 40), (64, 1)])
+@pytest.mark.parametrize("batch", [1, 2, 5, 16, 33, 64])
+def test_every_path_matches_float_math_within_activation_rounding(isa, kind, k, n, batch):
+    if kind == "int8":
+        k += 3  # INT8 takes any in_features: also one that is not a multiple of the 32-block
+    q = make(kind, k, n, symmetric=batch % 2 == 0)
+    x = torch.randn(batch, k)
+    with K.use_linear_isa(isa):
+        assert q.uses_fast_path(x)
+        y = q(x)
+    assert y.shape == (batch, n) and y.dtype == torch.float32
+    assert_activation_rounding_close(y, x, q.dequantized_weight(), q.bias)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_give_half_outputs(kind, dtype):
+    q = make(kind, 128, 24).to(dtype)
+    x = torch.randn(3, 128, dtype=dtype)
+    y = q(x)
+    assert y.dtype == dtype
+    assert_activation_rounding_close(y, x, q.dequantized_weight(), q.bias)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_results_do_not_depend_on_the_thread_count(kind):
+    q = make(kind, 256, 200)
+    x = torch.randn(9, 256)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(q(x))
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_autograd_and_the_reference_backend_take_the_float_path(kind):
+    q = make(kind, 64, 8)
+    x = torch.randn(2, 64, requires_grad=True)
+    assert not q.uses_fast_path(x)
+    q(x).sum().backward()
+    torch.testing.assert_close(x.grad, q.dequantized_weight().sum(0).expand(2, 64))
+    with torch.no_grad():
+        assert q.uses_fast_path(x)
+    with K.use_backend("reference"):
+        assert not q.uses_fast_path(x.detach())
+        assert torch.equal(q(x.detach()), F.linear(x.detach(), q.dequantized_weight(), q.bias))
+    assert not q.uses_fast_path(torch.randn(2, 64, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_packed_weight_is_built_once_and_never_saved_or_copied(kind):
+    q = make(kind, 128, 32)
+    assert q.packed_bytes() == 0
+    x = torch.randn(1, 128)
+    y = q(x)
+    packed = q.packed_weight()
+    assert q.packed_bytes() == packed.numel() > 0
+    assert torch.equal(q(x), y) and q.packed_weight() is packed  # cached, not rebuilt
+    assert set(q.state_dict()) == {"qweight", "scale", "zero_point", "bias"}
+    assert copy.deepcopy(q).packed_bytes() == 0
+    assert pickle.loads(pickle.dumps(q)).packed_bytes() == 0
+    assert torch.equal(copy.deepcopy(q)(x), y)
+    q.release_packed()
+    assert q.packed_bytes() == 0 and torch.equal(q(x), y)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_new_weights_are_repacked(kind):
+    q, other = make(kind, 128, 32), make(kind, 128, 32)
+    x = torch.randn(4, 128)
+    q(x)  # builds the cache for the old weights
+    q.load_state_dict(other.state_dict())  # copies in place: the version counters move
+    assert torch.equal(q(x), other(x))
+    q.qweight = other.qweight.clone()  # a replaced buffer: a new storage
+    assert torch.equal(q(x), other(x))
+    with torch.no_grad():
+        q.scale.mul_(2)
+    assert torch.allclose(q(x) - q.bias, 2 * (other(x) - other.bias), rtol=1e-5, atol=1e-5)
+
+
+def test_a_quantized_model_runs_the_fast_path_end_to_end():
+    model = nn.Sequential(nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 128), nn.GELU(), nn.Linear(128, 10))
+    x = torch.randn(7, 256)
+    for dtype in ("int8", "int4"):
+        qmodel, _ = mono_quant.dynamic_quantize(model, dtype=dtype, group_size=32)
+        with torch.no_grad():
+            fast = qmodel(x)
+            with K.use_backend("reference"):
+                slow = qmodel(x)
+        assert all(m.packed_bytes() > 0 for m in qmodel.modules() if hasattr(m, "packed_bytes"))
+        assert cosine(fast, slow) > 0.9999
