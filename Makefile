@@ -11,7 +11,7 @@ BUILD_DIR := build/dev
 ASAN_DIR := build/asan
 ASAN_PKG := build/asan-pkg
 # The kernel tests that also run under AddressSanitizer + UBSan.
-KERNEL_TESTS ?= $(wildcard tests/test_kernels*.py tests/test_int4.py tests/test_linear_kernels.py tests/test_fast_forward.py) \
+KERNEL_TESTS ?= $(wildcard tests/test_kernels*.py tests/test_int4.py tests/test_linear_kernels.py tests/test_fast_forward.py tests/test_threadpool.py) \
 	tests/test_linear_static_kernel.py tests/test_observers.py
 PYTEST_ARGS ?=
 

@@ -1,8 +1,14 @@
 /*
  * threadpool.c : persistent workers so a kernel call costs a wake-up, not a thread start.
  * A matrix-vector product on a 4096x4096 INT4 layer takes ~0.1 ms; creating threads per call
- * would cost a good part of that.  Workers spin briefly after a job (the next layer's call is
- * usually microseconds away), then sleep on a condition variable.
+ * would cost a good part of that.
+ *
+ * The calling thread never waits for a worker that has not started: the ranges of a job are
+ * claimed from a shared counter by whoever comes first, the caller included.  Torch's own
+ * OpenMP threads spin on the cores for a while after each torch op, so a woken worker of ours
+ * may not get a core for a long time; the caller then simply runs every range itself.  For
+ * the same reason workers spin only briefly after a job before they sleep: a longer spin
+ * would hold a core that the next torch op needs.
  *
  * This file holds the only mutable global state of the library besides the CPU-feature
  * cache: the pool itself.
@@ -11,11 +17,16 @@
 #include "threadpool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
 
 #define MQ_MAX_WORKERS 255
-#define MQ_SPIN_ITERATIONS 20000
+/* About 20-50 us of pause instructions: long enough to catch the next layer's call in a
+ * tight loop, short enough to hand the core back to torch's threads between layers. */
+#define MQ_SPIN_ITERATIONS 2000
+/* Waiting for a range another thread has started: yield the core after this many spins. */
+#define MQ_WAIT_SPINS_BEFORE_YIELD 4000
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -28,23 +39,27 @@ typedef struct {
   pthread_mutex_t dispatch; /* held by the one caller that owns the pool for a job */
   pthread_mutex_t lock;     /* guards sleeping and waking */
   pthread_cond_t wake;
-  pthread_cond_t done;
   int workers; /* started so far */
   pthread_t threads[MQ_MAX_WORKERS];
-  /* the job: written by the owner before it hands out tickets */
+  /* The job: written by the owner before it publishes the job's generation in `claim`. */
   mq_range_fn fn;
   void *ctx;
   int64_t n, align;
   int parts;
-  atomic_uint ticket[MQ_MAX_WORKERS]; /* bumped for each worker that has a range to run */
-  atomic_int remaining;
+  /* generation << 32 | next unclaimed range.  A claim succeeds only while the generation is
+   * the current job's, and a job cannot finish with a range unclaimed, so a late worker never
+   * runs a range of a job that has returned, nor reads the fields of the next one before
+   * they are written. */
+  _Atomic uint64_t claim;
+  atomic_uint generation; /* the latest job's generation, what idle workers watch */
+  atomic_int finished;    /* ranges of the current job that have run to the end */
+  atomic_int sleeping;    /* workers waiting on `wake` */
 } mq_pool;
 
 static mq_pool pool = {
     .dispatch = PTHREAD_MUTEX_INITIALIZER,
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .wake = PTHREAD_COND_INITIALIZER,
-    .done = PTHREAD_COND_INITIALIZER,
 };
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
@@ -70,38 +85,41 @@ void mq_parallel_range(int64_t n, int parts, int64_t align, int part, int64_t *b
   *end = (part == parts - 1 || e > n) ? n : e;
 }
 
-static void run_part(int part) {
-  int64_t b, e;
-  mq_parallel_range(pool.n, pool.parts, pool.align, part, &b, &e);
-  if (b < e) pool.fn(pool.ctx, b, e);
+/* Claim and run ranges of job `gen` until none is left.  Used by workers and the caller. */
+static void run_claimed_parts(uint32_t gen) {
+  for (;;) {
+    uint64_t v = atomic_load(&pool.claim);
+    if ((uint32_t)(v >> 32) != gen) return;
+    const uint32_t part = (uint32_t)v;
+    if ((int64_t)part >= (int64_t)pool.parts) return;
+    if (!atomic_compare_exchange_weak(&pool.claim, &v, v + 1)) continue;
+    /* Claimed: job `gen` cannot finish before this range does, so its fields stay valid. */
+    int64_t b, e;
+    mq_parallel_range(pool.n, pool.parts, pool.align, (int)part, &b, &e);
+    if (b < e) pool.fn(pool.ctx, b, e);
+    atomic_fetch_add(&pool.finished, 1);
+  }
 }
 
-/* Worker i runs range i + 1 of each job whose owner bumped ticket[i].  Only workers with a
- * range get a ticket, and the owner waits for all of them before it rewrites the job, so a
- * worker never reads the fields of a job it is not part of. */
 static void *worker_main(void *arg) {
-  int index = (int)(intptr_t)arg;
-  atomic_uint *ticket = &pool.ticket[index];
-  unsigned seen = 0; /* ensure_workers zeroed the ticket before starting us */
+  (void)arg;
+  unsigned seen = atomic_load(&pool.generation);
   for (;;) {
     unsigned now;
     int spins = 0;
-    while ((now = atomic_load(ticket)) == seen && spins < MQ_SPIN_ITERATIONS) {
+    while ((now = atomic_load(&pool.generation)) == seen && spins < MQ_SPIN_ITERATIONS) {
       cpu_relax();
       spins++;
     }
     if (now == seen) {
       pthread_mutex_lock(&pool.lock);
-      while ((now = atomic_load(ticket)) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+      atomic_fetch_add(&pool.sleeping, 1);
+      while ((now = atomic_load(&pool.generation)) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+      atomic_fetch_sub(&pool.sleeping, 1);
       pthread_mutex_unlock(&pool.lock);
     }
     seen = now;
-    run_part(index + 1);
-    if (atomic_fetch_sub(&pool.remaining, 1) == 1) {
-      pthread_mutex_lock(&pool.lock);
-      pthread_cond_signal(&pool.done);
-      pthread_mutex_unlock(&pool.lock);
-    }
+    run_claimed_parts(now);
   }
   return NULL;
 }
@@ -113,20 +131,18 @@ static void reset_after_fork(void) {
   pool.dispatch = fresh;
   pool.lock = fresh;
   pool.wake = fresh_cond;
-  pool.done = fresh_cond;
   pool.workers = 0;
+  atomic_store(&pool.sleeping, 0);
 }
 
 static void install_atfork(void) { pthread_atfork(NULL, NULL, reset_after_fork); }
 
 static int ensure_workers(int wanted) {
   while (pool.workers < wanted) {
-    atomic_store(&pool.ticket[pool.workers], 0u);
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rc = pthread_create(&pool.threads[pool.workers], &attr, worker_main,
-                            (void *)(intptr_t)pool.workers);
+    int rc = pthread_create(&pool.threads[pool.workers], &attr, worker_main, NULL);
     pthread_attr_destroy(&attr);
     if (rc != 0) break;
     pool.workers++;
@@ -150,35 +166,37 @@ void mq_parallel_for(int64_t n, int64_t min_per_thread, int64_t align, int num_t
     run_serial(n, fn, ctx); /* the pool is in use by another caller */
     return;
   }
-  int have = ensure_workers(parts - 1);
-  if (have < parts - 1) parts = have + 1; /* fewer workers: fewer, larger ranges */
-  if (parts <= 1) {
+  if (ensure_workers(parts - 1) < 1) {
     pthread_mutex_unlock(&pool.dispatch);
     run_serial(n, fn, ctx);
     return;
   }
+  /* Ranges depend on `parts` only; with fewer workers than parts the claimers take several. */
   pool.fn = fn;
   pool.ctx = ctx;
   pool.n = n;
   pool.align = align < 1 ? 1 : align;
   pool.parts = parts;
-  atomic_store(&pool.remaining, parts - 1);
-  pthread_mutex_lock(&pool.lock);
-  for (int i = 0; i < parts - 1; i++) atomic_fetch_add(&pool.ticket[i], 1u);
-  pthread_cond_broadcast(&pool.wake);
-  pthread_mutex_unlock(&pool.lock);
-
-  run_part(0);
-
-  int spins = 0;
-  while (atomic_load(&pool.remaining) > 0 && spins < MQ_SPIN_ITERATIONS) {
-    cpu_relax();
-    spins++;
-  }
-  if (atomic_load(&pool.remaining) > 0) {
+  atomic_store(&pool.finished, 0);
+  const uint32_t gen = atomic_load(&pool.generation) + 1u;
+  atomic_store(&pool.claim, (uint64_t)gen << 32);
+  atomic_store(&pool.generation, gen);
+  if (atomic_load(&pool.sleeping) > 0) {
     pthread_mutex_lock(&pool.lock);
-    while (atomic_load(&pool.remaining) > 0) pthread_cond_wait(&pool.done, &pool.lock);
+    pthread_cond_broadcast(&pool.wake);
     pthread_mutex_unlock(&pool.lock);
+  }
+
+  run_claimed_parts(gen);
+
+  /* Every range is claimed; wait for those still running on workers. */
+  int spins = 0;
+  while (atomic_load(&pool.finished) < parts) {
+    if (++spins < MQ_WAIT_SPINS_BEFORE_YIELD) {
+      cpu_relax();
+    } else {
+      sched_yield();
+    }
   }
   pthread_mutex_unlock(&pool.dispatch);
 }

@@ -1,0 +1,72 @@
+"""The C thread pool under pressure: many Python threads calling kernels at once (the GIL is
+released inside them), thread counts above the core count, and a forked child. Results must
+equal a single-threaded run bit for bit."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from mono_quant import _kernels as K
+
+pytestmark = pytest.mark.skipif(not K.c_available(), reason="the C extension mono_quant._C is not built")
+
+
+def _work(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(256, 512, generator=gen)
+    x = torch.randn(9, 512, generator=gen)
+    scale, zp = K.qparams(*K.minmax(w, axis=0), torch.int8, symmetric=True)
+    q = K.quantize(w, scale, zp, axis=0)
+    packed8 = K.pack_linear_int8(q, scale, zp)
+    qw4, s4, z4 = K.int4_quantize(w, 128)
+    packed4 = K.pack_linear_int4(qw4, s4, z4, 128)
+    return q, K.linear_int8(x, packed8, 256, 512), K.linear_int4(x, packed4, 256, 512, 128)
+
+
+def _serial(seeds):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return [_work(s) for s in seeds]
+    finally:
+        torch.set_num_threads(before)
+
+
+def _same(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_concurrent_callers_get_the_serial_results():
+    seeds = list(range(12))
+    expected = _serial(seeds)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)  # more threads than this CI's cores: oversubscribed on purpose
+    try:
+        with ThreadPoolExecutor(max_workers=4) as ex:
+            for _ in range(3):
+                got = list(ex.map(_work, seeds))
+                assert all(_same(g, e) for g, e in zip(got, expected, strict=True))
+    finally:
+        torch.set_num_threads(before)
+
+
+def _child(queue) -> None:
+    queue.put([t.tolist() for t in _work(3)])
+
+
+@pytest.mark.skipif(os.name != "posix", reason="fork is POSIX only")
+def test_a_forked_child_can_use_the_pool():
+    expected = _work(3)  # the parent's workers exist now; the child has none of them
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue,))
+    proc.start()
+    got = queue.get(timeout=120)
+    proc.join(timeout=120)
+    assert proc.exitcode == 0
+    assert all(torch.equal(torch.tensor(g, dtype=e.dtype), e) for g, e in zip(got, expected, strict=True))
