@@ -14,6 +14,7 @@
 
 #include "dlpack.h"
 #include "mono_quant.h"
+#include "threadpool.h"
 #include "tensor.h"
 
 #define DT(d) (1u << (d))
@@ -176,9 +177,10 @@ static PyObject *py_cpu_features(PyObject *self, PyObject *args) {
   (void)self;
   (void)args;
   unsigned f = mq_cpu_detect();
-  return Py_BuildValue("{s:O,s:O,s:O,s:s}", "avx2", (f & MQ_CPU_AVX2) ? Py_True : Py_False, "avx512",
-                       (f & MQ_CPU_AVX512) ? Py_True : Py_False, "avx512_vnni",
-                       (f & MQ_CPU_VNNI) ? Py_True : Py_False, "linear_kernel", mq_linear_isa_name());
+  return Py_BuildValue("{s:O,s:O,s:O,s:s,s:s}", "avx2", (f & MQ_CPU_AVX2) ? Py_True : Py_False,
+                       "avx512", (f & MQ_CPU_AVX512) ? Py_True : Py_False, "avx512_vnni",
+                       (f & MQ_CPU_VNNI) ? Py_True : Py_False, "linear_kernel", mq_linear_isa_name(),
+                       "threads", mq_threadpool_kind());
 }
 
 static PyObject *py_minmax(PyObject *self, PyObject *args) {

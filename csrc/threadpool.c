@@ -19,7 +19,16 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
+
+#if defined(__linux__)
+#include <dlfcn.h>
+#include <link.h>
+#define MQ_CAN_SHARE_GOMP 1
+#else
+#define MQ_CAN_SHARE_GOMP 0
+#endif
 
 #define MQ_MAX_WORKERS 255
 /* About 20-50 us of pause instructions: long enough to catch the next layer's call in a
@@ -62,6 +71,7 @@ static mq_pool pool = {
     .wake = PTHREAD_COND_INITIALIZER,
 };
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static atomic_int forked_child; /* set in a child after fork: libgomp's team is not there */
 
 int mq_parallel_parts(int64_t n, int64_t min_per_thread, int64_t align, int num_threads) {
   if (n <= 0 || num_threads <= 1) return 1;
@@ -133,6 +143,7 @@ static void reset_after_fork(void) {
   pool.wake = fresh_cond;
   pool.workers = 0;
   atomic_store(&pool.sleeping, 0);
+  atomic_store(&forked_child, 1);
 }
 
 static void install_atfork(void) { pthread_atfork(NULL, NULL, reset_after_fork); }
@@ -154,6 +165,93 @@ static void run_serial(int64_t n, mq_range_fn fn, void *ctx) {
   if (n > 0) fn(ctx, 0, n);
 }
 
+
+/* ---- sharing torch's OpenMP team ---------------------------------------------------------
+ * Torch on Linux runs its ops on GNU OpenMP (libgomp, loaded with libtorch).  Its threads
+ * spin for a while after every torch op, so between two torch ops a second pool (ours) finds
+ * the cores taken.  When libgomp is already in the process, a job runs on libgomp's team
+ * instead (GOMP_parallel, the entry point `#pragma omp parallel` compiles to, stable since
+ * GCC 4.9): the same threads torch uses, already awake, and no oversubscription.  The
+ * ranges are still claimed from a counter, so the results do not change.  A forked child
+ * falls back to the pool above (libgomp's team does not survive fork), and so does anything
+ * that finds no libgomp (macOS, torch built with another threading library, or
+ * MONO_QUANT_THREADPOOL=own). */
+#if MQ_CAN_SHARE_GOMP
+typedef void (*mq_gomp_parallel_fn)(void (*fn)(void *), void *data, unsigned num_threads,
+                                    unsigned flags);
+static mq_gomp_parallel_fn gomp_parallel; /* set once by find_gomp, NULL if none */
+static pthread_once_t gomp_once = PTHREAD_ONCE_INIT;
+
+static int note_gomp_path(struct dl_phdr_info *info, size_t size, void *data) {
+  (void)size;
+  const char *name = info->dlpi_name;
+  if (!name || !*name) return 0;
+  const char *base = strrchr(name, '/');
+  base = base ? base + 1 : name;
+  if (strncmp(base, "libgomp", 7) != 0) return 0;
+  char *path = data;
+  strncpy(path, name, 4095);
+  path[4095] = 0;
+  return 1;
+}
+
+static void find_gomp(void) {
+  const char *choice = getenv("MONO_QUANT_THREADPOOL");
+  if (choice && strcmp(choice, "own") == 0) return;
+  char path[4096] = "";
+  dl_iterate_phdr(note_gomp_path, path);
+  if (!path[0]) return;
+  /* RTLD_NOLOAD: only a library that is already loaded; the handle is kept, so it stays. */
+  void *handle = dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
+  if (!handle) return;
+  void *sym = dlsym(handle, "GOMP_parallel");
+  if (!sym) {
+    dlclose(handle);
+    return;
+  }
+  memcpy(&gomp_parallel, &sym, sizeof sym);
+}
+
+typedef struct {
+  mq_range_fn fn;
+  void *ctx;
+  int64_t n, align;
+  int parts;
+  atomic_int next;
+} gomp_job;
+
+static void gomp_body(void *data) {
+  gomp_job *job = data;
+  int part;
+  while ((part = atomic_fetch_add(&job->next, 1)) < job->parts) {
+    int64_t b, e;
+    mq_parallel_range(job->n, job->parts, job->align, part, &b, &e);
+    if (b < e) job->fn(job->ctx, b, e);
+  }
+}
+
+/* Run the job on libgomp's team; 0 when there is none to use. */
+static int run_on_gomp(int64_t n, int64_t align, int parts, mq_range_fn fn, void *ctx) {
+  pthread_once(&gomp_once, find_gomp);
+  if (!gomp_parallel || atomic_load(&forked_child)) return 0;
+  gomp_job job = {fn, ctx, n, align < 1 ? 1 : align, parts, 0};
+  gomp_parallel(gomp_body, &job, (unsigned)parts, 0);
+  return 1;
+}
+
+const char *mq_threadpool_kind(void) {
+  pthread_once(&gomp_once, find_gomp);
+  return gomp_parallel && !atomic_load(&forked_child) ? "libgomp" : "own";
+}
+#else
+static int run_on_gomp(int64_t n, int64_t align, int parts, mq_range_fn fn, void *ctx) {
+  (void)n, (void)align, (void)parts, (void)fn, (void)ctx;
+  return 0;
+}
+
+const char *mq_threadpool_kind(void) { return "own"; }
+#endif
+
 void mq_parallel_for(int64_t n, int64_t min_per_thread, int64_t align, int num_threads,
                      mq_range_fn fn, void *ctx) {
   int parts = mq_parallel_parts(n, min_per_thread, align, num_threads);
@@ -162,6 +260,7 @@ void mq_parallel_for(int64_t n, int64_t min_per_thread, int64_t align, int num_t
     return;
   }
   pthread_once(&atfork_once, install_atfork);
+  if (run_on_gomp(n, align, parts, fn, ctx)) return;
   if (pthread_mutex_trylock(&pool.dispatch) != 0) {
     run_serial(n, fn, ctx); /* the pool is in use by another caller */
     return;

@@ -70,3 +70,36 @@ def test_a_forked_child_can_use_the_pool():
     proc.join(timeout=120)
     assert proc.exitcode == 0
     assert all(torch.equal(torch.tensor(g, dtype=e.dtype), e) for g, e in zip(got, expected, strict=True))
+
+
+def test_torch_openmp_team_and_own_pool_agree(tmp_path):
+    """Jobs run on torch's libgomp team when it is loaded, else on mono_quant's own pool
+    (MONO_QUANT_THREADPOOL=own forces that); both give the same bits."""
+    import subprocess
+    import sys
+
+    kind = K.cpu_features()["threads"]
+    assert kind in ("libgomp", "own")
+    script = (
+        "import sys, torch; sys.path[:0] = sys.argv[1:3]\n"
+        "import test_threadpool as T\n"
+        "from mono_quant import _kernels as K\n"
+        "torch.set_num_threads(2)\n"
+        "print(K.cpu_features()['threads'])\n"
+        "torch.save(T._work(5), sys.argv[3])\n"
+    )
+    out = tmp_path / "own.pt"
+    env = dict(os.environ, MONO_QUANT_THREADPOOL="own")
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(K.__file__)))
+    proc = subprocess.run([sys.executable, "-c", script, tests_dir, package_root, str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["own"]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        here = _work(5)
+    finally:
+        torch.set_num_threads(before)
+    assert _same(here, torch.load(out))
