@@ -565,6 +565,48 @@ def linear_int4(x: torch.Tensor, packed: torch.Tensor, out_features: int, in_fea
     return out.reshape(*x.shape[:-1], out_features)
 
 
+class LinearPlan:
+    """A packed weight with its DLPack capsules made once, so that a module's forward call
+    pays only for its input: ~7 us of fixed cost instead of ~13 through ``linear_int8``.
+    Built by the quantized Linear modules (``group_size`` 0 for INT8); CPU and C build only.
+
+    >>> plan = LinearPlan(pack_linear_int8(q, scale, zp), 32, 64, 0, bias)
+    >>> plan(torch.randn(4, 64)).shape
+    torch.Size([4, 32])
+    """
+
+    __slots__ = ("packed", "out_features", "in_features", "group_size", "_packed_capsule", "_bias_capsule")
+
+    def __init__(self, packed: torch.Tensor, out_features: int, in_features: int, group_size: int,
+                 bias: torch.Tensor | None) -> None:
+        if _C is None:
+            raise RuntimeError(f"the C extension mono_quant._C is not built ({_C_IMPORT_ERROR})")
+        self.packed = packed
+        self.out_features, self.in_features, self.group_size = out_features, in_features, group_size
+        # The C side only reads a capsule (it never takes ownership), so one serves every call.
+        self._packed_capsule = _capsule(packed)
+        self._bias_capsule = _linear_bias(bias)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n, k = self.out_features, self.in_features
+        if x.dim() < 1 or x.shape[-1] != k:
+            raise ValueError(f"x must have in_features={k} values in its last dimension; "
+                             f"got shape {tuple(x.shape)}")
+        if x.requires_grad:
+            x = x.detach()
+        x2 = x.reshape(-1, k)
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
+        out = torch.empty(x2.shape[0], n, dtype=x.dtype)
+        if self.group_size:
+            _C.linear_int4(_capsule(x2), self._packed_capsule, n, k, self.group_size, self._bias_capsule,
+                           _capsule(out), num_threads())
+        else:
+            _C.linear_int8(_capsule(x2), self._packed_capsule, n, k, self._bias_capsule, _capsule(out),
+                           num_threads())
+        return out.view(*x.shape[:-1], n)
+
+
 def linear_c_enabled() -> bool:
     """True when quantized Linear modules may run the C kernel: the extension is built and
     the backend is not ``"reference"`` (under which they compute in float, in torch)."""

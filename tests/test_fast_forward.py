@@ -131,3 +131,27 @@ def test_a_quantized_model_runs_the_fast_path_end_to_end():
                 slow = qmodel(x)
         assert all(m.packed_bytes() > 0 for m in qmodel.modules() if hasattr(m, "packed_bytes"))
         assert cosine(fast, slow) > 0.9999
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_inputs_the_fast_path_must_not_misread(kind):
+    q = make(kind, 64, 16)
+    with pytest.raises(ValueError, match="in_features=64"):
+        q(torch.randn(2, 128))  # as many elements as [4, 64]: must not be reshaped into it
+    x = torch.randn(64, 6).T  # not contiguous
+    assert torch.equal(q(x), q(x.contiguous()))
+    x = torch.randn(3, 64, requires_grad=True)
+    with torch.no_grad():
+        assert torch.equal(q(x), q(x.detach()))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_new_bias_is_used(kind):
+    q = make(kind, 64, 16)
+    x = torch.randn(2, 64)
+    y = q(x)
+    q.bias = q.bias + 1.0
+    assert torch.allclose(q(x), y + 1.0, atol=1e-6)
+    with torch.no_grad():
+        q.bias.sub_(1.0)
+    assert torch.allclose(q(x), y, atol=1e-6)

@@ -5,17 +5,20 @@ C kernel wants them repacked into 16-row tiles (``_kernels.pack_linear_*``); tha
 made on the first CPU forward and kept as a plain attribute, never a buffer, so it is not
 in ``state_dict()``, not saved, and not carried by ``copy.deepcopy`` or pickling. It is
 rebuilt whenever a buffer is replaced or changed in place (``load_state_dict``,
-``load_quantized``, ``.to()``), which the cache key (storage address and version counter of
-each buffer) detects.
+``load_quantized``, ``.to()``), which the cache key detects: the buffer objects themselves
+(held weakly) and their version counters, which every in-place change bumps.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
 
 from .. import _kernels
+
+_BUFFERS = ("qweight", "scale", "zero_point", "bias")
 
 
 class PackedForwardMixin:
@@ -31,11 +34,11 @@ class PackedForwardMixin:
     """
 
     qweight: torch.Tensor
-    scale: torch.Tensor
-    zero_point: torch.Tensor
-    _packed_cache: tuple[tuple[int, ...], torch.Tensor] | None = None
+    _buffers: dict[str, torch.Tensor | None]
+    _packed_cache: tuple[tuple[Any, ...], tuple[int, ...], _kernels.LinearPlan] | None = None
 
-    def _pack(self) -> torch.Tensor:  # pragma: no cover (each module implements it)
+    def _plan_args(self) -> tuple[torch.Tensor, int]:  # pragma: no cover (each module implements it)
+        """The packed weight and the group size (0 for INT8) of a new plan."""
         raise NotImplementedError
 
     def uses_fast_path(self, x: torch.Tensor) -> bool:
@@ -52,21 +55,29 @@ class PackedForwardMixin:
             and not (x.requires_grad and torch.is_grad_enabled())
         )
 
+    def _plan(self) -> _kernels.LinearPlan:
+        buffers = self._buffers
+        tensors = tuple(buffers.get(name) for name in _BUFFERS)
+        versions = tuple(-1 if t is None else t._version for t in tensors)
+        cache = self._packed_cache
+        if (cache is not None and cache[1] == versions
+                and all((r is None and t is None) or (r is not None and r() is t)
+                        for r, t in zip(cache[0], tensors))):
+            return cache[2]
+        packed, group_size = self._plan_args()
+        plan = _kernels.LinearPlan(packed, self.out_features, self.in_features, group_size,  # type: ignore[attr-defined]
+                                   tensors[3])
+        refs = tuple(None if t is None else weakref.ref(t) for t in tensors)
+        object.__setattr__(self, "_packed_cache", (refs, versions, plan))
+        return plan
+
     def packed_weight(self) -> torch.Tensor:
         """The weight repacked for the C kernel (built on first use, then cached).
 
         >>> layer.packed_weight().dtype
         torch.uint8
         """
-        key = tuple(
-            v for t in (self.qweight, self.scale, self.zero_point) for v in (t.data_ptr(), t._version)
-        )
-        cache = self._packed_cache
-        if cache is None or cache[0] != key:
-            packed = self._pack()
-            object.__setattr__(self, "_packed_cache", (key, packed))
-            return packed
-        return cache[1]
+        return self._plan().packed
 
     def packed_bytes(self) -> int:
         """Bytes of the in-memory repacked copy (0 until the first CPU forward).
@@ -75,7 +86,7 @@ class PackedForwardMixin:
         True
         """
         cache = self._packed_cache
-        return 0 if cache is None else cache[1].numel()
+        return 0 if cache is None else cache[2].packed.numel()
 
     def release_packed(self) -> None:
         """Drop the repacked copy (the next CPU forward rebuilds it)."""

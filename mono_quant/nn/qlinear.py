@@ -79,12 +79,11 @@ class QuantizedLinear(PackedForwardMixin, Int8WeightMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.uses_fast_path(x):
-            return _kernels.linear_int8(x, self.packed_weight(), self.out_features, self.in_features,
-                                        self.bias)
+            return self._plan()(x)
         return F.linear(x, self.dequantized_weight(x.dtype), self._bias_as(x.dtype))
 
-    def _pack(self) -> torch.Tensor:
-        return _kernels.pack_linear_int8(self.qweight, self.scale, self.zero_point)
+    def _plan_args(self) -> tuple[torch.Tensor, int]:
+        return _kernels.pack_linear_int8(self.qweight, self.scale, self.zero_point), 0
 
     def extra_repr(self) -> str:
         return (

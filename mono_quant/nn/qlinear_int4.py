@@ -134,13 +134,13 @@ class QuantizedLinearInt4(PackedForwardMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.uses_fast_path(x):
-            return _kernels.linear_int4(x, self.packed_weight(), self.out_features, self.in_features,
-                                        self.group_size, self.bias)
+            return self._plan()(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self.dequantized_weight(x.dtype), bias)
 
-    def _pack(self) -> torch.Tensor:
-        return _kernels.pack_linear_int4(self.qweight, self.scale, self.zero_point, self.group_size)
+    def _plan_args(self) -> tuple[torch.Tensor, int]:
+        packed = _kernels.pack_linear_int4(self.qweight, self.scale, self.zero_point, self.group_size)
+        return packed, self.group_size
 
     def storage_bytes(self) -> int:
         """Bytes held by ``qweight``, ``scale``, ``zero_point`` and ``bias`` (for size reports).
