@@ -16,11 +16,13 @@ It also measures the machine's memory read bandwidth (median of large ``tensor.s
 reports the fraction of it that the batch-1 kernels reach (bytes of packed weights / time).
 A benchmark, never a test: nothing here gates anything.
 
-Two thread pools share the cores: torch's (libgomp, whose threads by default keep spinning
-for a while after each parallel region) and mono_quant's. Strictly interleaved calls make
-the two compete; run it also with ``OMP_WAIT_POLICY=PASSIVE`` to see each without the other:
+mono_quant's kernels run on torch's own OpenMP team when torch uses libgomp (the header
+line names the thread pool in use), so interleaved calls do not pit two pools against each
+other. ``MONO_QUANT_THREADPOOL=own`` times mono_quant's own pool instead, and
+``OMP_WAIT_POLICY=PASSIVE`` changes how torch's threads wait; ``--append`` adds such a run
+to the same file:
 
-    python benchmarks/bench_linear.py && OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_linear.py --append
+    python benchmarks/bench_linear.py && MONO_QUANT_THREADPOOL=own python benchmarks/bench_linear.py --append
 """
 
 from __future__ import annotations
@@ -173,10 +175,26 @@ BACK_TO_BACK = ("torch fp32 F.linear", "torch quantize_dynamic int8", "mono_quan
                 f"mono_quant linear_int4 g{GROUP}")
 
 
-def time_back_to_back(contenders: list[Contender], x: torch.Tensor, repeats: int) -> dict:
+def probe_now(probe: torch.Tensor, repeats: int = 5) -> float:
+    """Read bandwidth (bytes/s) right now, in this process: median time of ``probe.sum()``.
+    This machine's bandwidth drifts by 1.5x within minutes (other tenants), so the
+    back-to-back runs are also compared with a probe taken just before and after them."""
+    probe.sum()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        probe.sum()
+        times.append(time.perf_counter() - t)
+    return probe.numel() * probe.element_size() / statistics.median(times)
+
+
+def time_back_to_back(contenders: list[Contender], x: torch.Tensor, repeats: int,
+                      probe: torch.Tensor) -> tuple[dict, float]:
     """Each contender alone for `repeats` consecutive calls (layers still rotated): the
-    steady state of a model running one quantized layer after another, thread pools awake."""
+    steady state of a model running one quantized layer after another, thread pools awake.
+    Also returns the higher of two in-process bandwidth probes taken before and after."""
     out = {}
+    bw_before = probe_now(probe)
     for c in contenders:
         if c.name not in BACK_TO_BACK:
             continue
@@ -189,7 +207,7 @@ def time_back_to_back(contenders: list[Contender], x: torch.Tensor, repeats: int
             c.run(x)
             times.append(time.perf_counter() - t)
         out[c.name] = (statistics.median(times), c.nbytes)
-    return out
+    return out, max(bw_before, probe_now(probe))
 
 
 def main() -> None:
@@ -207,6 +225,7 @@ def main() -> None:
 
     with torch.no_grad():
         bw = read_bandwidth(9 if args.quick else 21)
+        probe = torch.ones(256 * 1024 * 1024)  # 1 GiB, for the probes next to the back-to-back runs
         rows, steady = [], []
         for n, k in SHAPES:
             contenders = build(n, k, gen)
@@ -222,7 +241,7 @@ def main() -> None:
                 time_shape(contenders, x, repeats)
                 rows.append((n, k, m, {c.name: (statistics.median(c.times), c.nbytes) for c in contenders}))
                 if m == 1:
-                    steady.append((n, k, time_back_to_back(contenders, x, repeats)))
+                    steady.append((n, k, *time_back_to_back(contenders, x, repeats, probe)))
                 print(f"  done {n}x{k} batch {m}", file=sys.stderr)
             del contenders
         bw_after = read_bandwidth(9 if args.quick else 21)
@@ -240,7 +259,8 @@ def report(rows, steady, bws, threads, repeats, args, load_before, load_after) -
     fp32, qdyn = names[0], names[1]
     ours8, ours4 = names[-2], names[-1]
     omp = os.environ.get("OMP_WAIT_POLICY")
-    cmd = (f"OMP_WAIT_POLICY={omp} " if omp else "") + "python benchmarks/bench_linear.py" + (
+    pool = os.environ.get("MONO_QUANT_THREADPOOL")
+    cmd = (f"OMP_WAIT_POLICY={omp} " if omp else "") + (f"MONO_QUANT_THREADPOOL={pool} " if pool else "") + "python benchmarks/bench_linear.py" + (
         " --quick" if args.quick else "") + (" --append" if args.append else "")
     cpu = platform.processor() or platform.machine()
     try:
@@ -249,11 +269,13 @@ def report(rows, steady, bws, threads, repeats, args, load_before, load_after) -
     except (OSError, StopIteration):
         pass
     out = [
-        "# Quantized Linear forward: mono_quant vs torch (CPU)" + (f", OMP_WAIT_POLICY={omp}" if omp else ""),
+        "# Quantized Linear forward: mono_quant vs torch (CPU)" + (f", OMP_WAIT_POLICY={omp}" if omp else "")
+        + (f", MONO_QUANT_THREADPOOL={pool}" if pool else ""),
         "",
         f"Command: `{cmd}`  ",
         f"Date: {datetime.datetime.now().isoformat(timespec='minutes')}; {cpu}; {threads} threads; "
-        f"torch {torch.__version__}; mono_quant path `{K.linear_isa()}`  ",
+        f"torch {torch.__version__}; mono_quant path `{K.linear_isa()}`, threads "
+        f"`{K.cpu_features()['threads']}`  ",
         f"Median of {repeats} interleaved calls per cell (fewer, at least 5, for contenders "
         f"slower than {CELL_BUDGET_S:.0f} s per cell), float32 activations, each contender "
         f"rotating through > {ROTATION_BYTES / 1e6:.0f} MB of distinct layers. "
@@ -309,20 +331,24 @@ def report(rows, steady, bws, threads, repeats, args, load_before, load_after) -
         "",
         "Not interleaved: every contender's thread pool stays awake between its calls (layers "
         "are still rotated, so weights come from memory). This isolates the kernels from the "
-        "cost of waking threads and from the other pool's spinning threads.",
+        "cost of waking threads and from the other pool's spinning threads. The last column "
+        "compares with the bandwidth measured in this process just before and after these runs "
+        "(the higher of the two), since the machine's bandwidth drifts during a run.",
         "",
-        "| out x in | contender | ms | GB/s | fraction of measured bandwidth | vs fp32 |",
-        "|---|---|---:|---:|---:|---:|",
+        "| out x in | contender | ms | GB/s | fraction of measured bandwidth | vs fp32 | "
+        "probe next to it (GB/s) | fraction of that probe |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for n, k, res in steady:
+    for n, k, res, bw_near in steady:
         for c, (secs, nbytes) in res.items():
             out.append(f"| {n}x{k} | {c} | {secs * 1e3:.3f} | {nbytes / secs / 1e9:.1f} | "
-                       f"{nbytes / secs / bw:.0%} | {res[fp32][0] / secs:.2f}x |")
-    out += ["", targets(rows, bw, names), ""]
+                       f"{nbytes / secs / bw:.0%} | {res[fp32][0] / secs:.2f}x | {bw_near / 1e9:.1f} | "
+                       f"{nbytes / secs / bw_near:.0%} |")
+    out += ["", targets(rows, steady, bw, names), ""]
     return "\n".join(out)
 
 
-def targets(rows, bw, names) -> str:
+def targets(rows, steady, bw, names) -> str:
     fp32, qdyn, ours8, ours4 = names[0], names[1], names[-2], names[-1]
     lines = ["## Targets", ""]
 
@@ -335,6 +361,8 @@ def targets(rows, bw, names) -> str:
         ("INT4 g128 batch 1 >= 6x fp32", worst(b1, lambda r: t(r, fp32) / t(r, ours4)), 6.0, "x"),
         ("INT4 g128 batch 1 >= 80% of read bandwidth",
          worst(b1, lambda r: r[ours4][1] / t(r, ours4) / bw), 0.8, "%"),
+        ("(same, back to back, against the probe taken next to those runs)",
+         min(res[ours4][1] / res[ours4][0] / bw_near for n, k, res, bw_near in steady), 0.8, "%"),
         ("INT8 batch 1 >= 3x fp32", worst(b1, lambda r: t(r, fp32) / t(r, ours8)), 3.0, "x"),
         ("INT8 batch 1 >= 1.5x quantize_dynamic", worst(b1, lambda r: t(r, qdyn) / t(r, ours8)), 1.5, "x"),
         ("INT8 batch 8/32 not slower than fp32", worst(lambda m: m > 1, lambda r: t(r, fp32) / t(r, ours8)), 1.0, "x"),

@@ -103,8 +103,10 @@ def _dl(t: torch.Tensor):
     return t.detach().contiguous().__dlpack__()
 
 
-def cpu_features() -> dict[str, bool]:
-    """CPU features detected by the C core and the kernel paths it selected."""
+def cpu_features() -> dict[str, bool | str]:
+    """CPU features detected by the C core, the Linear kernel path it selected
+    (``"linear_kernel"``) and the threads its jobs run on (``"threads"``: ``"libgomp"``,
+    torch's OpenMP team, or ``"own"``, mono_quant's pool)."""
     if _C is None:
         return {}
     return dict(_C.cpu_features())
