@@ -40,8 +40,15 @@ static void quantize_rows(void *ctx, int64_t row_begin, int64_t row_end) {
         atomic_store(&job->nonfinite, 1);
         return;
       }
-      float q = nearbyintf(v / s) + zp;
-      q = fminf(fmaxf(q, qmin), qmax);
+      /* Round half to even without a libm call (nearbyintf is one on baseline x86-64): adding
+       * and subtracting 1.5 * 2^23 rounds to an integer in the default rounding mode, exactly
+       * for |t| <= 2^22 (the compiler may not reassociate it: no -ffast-math).  Clamping t to +-1024 first changes nothing: any value beyond
+       * lands outside [qmin, qmax] after adding the zero point either way. */
+      float t = v / s; /* finite or +-inf: v is finite, s finite and > 0 */
+      t = t < -1024.0f ? -1024.0f : (t > 1024.0f ? 1024.0f : t);
+      const float magic = 12582912.0f; /* 1.5 * 2^23 */
+      float q = ((t + magic) - magic) + zp;
+      q = q < qmin ? qmin : (q > qmax ? qmax : q); /* no fminf/fmaxf: they are calls here */
       if (job->dst_dtype == MQ_I8)
         ((int8_t *)job->dst)[base + i] = (int8_t)q;
       else

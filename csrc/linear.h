@@ -120,7 +120,12 @@ typedef struct {
                       int32_t *asum);
   void (*int8_tiles)(const mq_linear_job *job, int64_t t0, int64_t t1);
   void (*int4_tiles)(const mq_linear_job *job, int64_t t0, int64_t t1);
+  /* Static INT8 (linear_static.c): sum_i xu[i] * ws[i], exact, for len <= MQ_LINEAR_STATIC_BLOCK */
+  int64_t (*dot_u8s8)(const uint8_t *xu, const int8_t *ws, int64_t len);
 } mq_linear_kernels;
+
+/* Longest run dot_u8s8 takes: 32768 * 255 * 128 < 2^31, so int32 partial sums cannot overflow. */
+#define MQ_LINEAR_STATIC_BLOCK 32768
 
 /* Each file provides its table (the SIMD ones only when compiled for x86-64). */
 extern const mq_linear_kernels mq_linear_kernels_portable;

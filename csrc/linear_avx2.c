@@ -229,5 +229,27 @@ static void int4_tiles_avx2(const mq_linear_job *job, int64_t t0, int64_t t1) {
   }
 }
 
+/* Static INT8: bytes widened to int16 and multiplied pairwise into int32 (vpmaddwd); maddubs
+ * would saturate (2 * 255 * 127 > 32767), so it is not used here. */
+static int64_t dot_u8s8_avx2(const uint8_t *xu, const int8_t *ws, int64_t len) {
+  __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+  int64_t i = 0;
+  for (; i + 32 <= len; i += 32) {
+    const __m256i x0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(xu + i)));
+    const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(ws + i)));
+    const __m256i x1 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(xu + i + 16)));
+    const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(ws + i + 16)));
+    acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(x0, w0));
+    acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(x1, w1));
+  }
+  const __m256i acc = _mm256_add_epi32(acc0, acc1);
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  int32_t total = _mm_cvtsi128_si32(s); /* exact: len <= MQ_LINEAR_STATIC_BLOCK */
+  for (; i < len; i++) total += (int32_t)xu[i] * (int32_t)ws[i];
+  return total;
+}
+
 const mq_linear_kernels mq_linear_kernels_avx2 = {"avx2", quantize_row_avx2, int8_tiles_avx2,
-                                                  int4_tiles_avx2};
+                                                  int4_tiles_avx2, dot_u8s8_avx2};

@@ -306,5 +306,22 @@ static void int4_tiles_avx512(const mq_linear_job *job, int64_t t0, int64_t t1) 
   if (t < t1) int4_gemm_rows(job, t, 1);
 }
 
+/* Static INT8: vpdpbusd takes exactly unsigned x signed bytes, four products per lane. */
+static int64_t dot_u8s8_avx512(const uint8_t *xu, const int8_t *ws, int64_t len) {
+  __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
+  int64_t i = 0;
+  for (; i + 128 <= len; i += 128) {
+    acc0 = _mm512_dpbusd_epi32(acc0, _mm512_loadu_si512(xu + i), _mm512_loadu_si512(ws + i));
+    acc1 = _mm512_dpbusd_epi32(acc1, _mm512_loadu_si512(xu + i + 64), _mm512_loadu_si512(ws + i + 64));
+  }
+  for (; i < len; i += 64) {
+    const int64_t left = len - i;
+    const __mmask64 mask = left >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << left) - 1);
+    acc0 = _mm512_dpbusd_epi32(acc0, _mm512_maskz_loadu_epi8(mask, xu + i),
+                               _mm512_maskz_loadu_epi8(mask, ws + i));
+  }
+  return _mm512_reduce_add_epi32(_mm512_add_epi32(acc0, acc1)); /* exact: len <= BLOCK */
+}
+
 const mq_linear_kernels mq_linear_kernels_avx512_vnni = {
-    "avx512_vnni", quantize_row_avx512, int8_tiles_avx512, int4_tiles_avx512};
+    "avx512_vnni", quantize_row_avx512, int8_tiles_avx512, int4_tiles_avx512, dot_u8s8_avx512};

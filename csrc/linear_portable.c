@@ -115,5 +115,11 @@ static void int4_tiles_portable(const mq_linear_job *job, int64_t t0, int64_t t1
   }
 }
 
+static int64_t dot_u8s8_portable(const uint8_t *xu, const int8_t *ws, int64_t len) {
+  int32_t acc = 0; /* exact: len <= MQ_LINEAR_STATIC_BLOCK */
+  for (int64_t i = 0; i < len; i++) acc += (int32_t)xu[i] * (int32_t)ws[i];
+  return acc;
+}
+
 const mq_linear_kernels mq_linear_kernels_portable = {
-    "portable", quantize_row_portable, int8_tiles_portable, int4_tiles_portable};
+    "portable", quantize_row_portable, int8_tiles_portable, int4_tiles_portable, dot_u8s8_portable};

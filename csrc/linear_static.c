@@ -1,29 +1,33 @@
 /*
  * linear_static.c : the static-quantization Linear kernel, integer x integer -> float
- * (contract in mono_quant.h, mq_linear_static_int8).  Portable C written so that the
- * compiler vectorizes the inner product (int16 x int16 -> int32 multiply-adds: pmaddwd on
- * x86, smlal on Arm).
+ * (contract in mono_quant.h, mq_linear_static_int8).
  *
- * Both operands are centred once into int16 (x - x_zero_point, w - w_zero_point[n], each in
- * [-255, 255]), so the zero-point correction is exact and costs nothing in the inner loop.
- * Products are at most 255 * 255 = 65025 in magnitude; int32 partial sums over blocks of
- * 32768 products stay below 2^31 and are added up in int64: the sum is exact, hence the
- * same for any order, vector width and thread count.
+ * The operands are brought to unsigned x signed bytes, the form the dot-product
+ * instructions take (vpdpbusd; vpmaddwd after widening on AVX2; plain C on the portable
+ * path, all from the Linear dispatch table in linear.h):
+ *     xu = x (uint8), or x + 128 (int8 x),   zx = x_zero_point (+ 128)
+ *     ws = w (int8),  or w - 128 (uint8 w),  zw = w_zero_point[n] (- 128)
+ * and the centred sum expands exactly:
+ *     sum (xu - zx)(ws - zw) = sum xu ws - zw sum xu - zx sum ws + k zx zw.
+ * sum xu ws runs in blocks of MQ_LINEAR_STATIC_BLOCK whose int32 sums cannot overflow,
+ * added up in int64: the result is exact, hence the same for any path, order and thread count.
  */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "convert.h"
+#include "linear.h"
 #include "mono_quant.h"
 #include "threadpool.h"
 
-#define MQ_LS_BLOCK_K 32768                 /* 32768 * 65025 < 2^31 */
 #define MQ_LS_MIN_MACS_PER_THREAD (1 << 18) /* smaller problems stay on one thread */
-#define MQ_LS_ROWS 4                        /* weight rows that share one pass over x */
 
 typedef struct {
-  const int16_t *xs; /* [m, k]: x - x_zero_point */
+  const uint8_t *xu;  /* [m, k] */
+  const int64_t *xsum; /* [m]: sum of each xu row */
+  int32_t zx;
   const void *w;
   mq_dtype w_dtype;
   const float *w_scale;
@@ -33,6 +37,7 @@ typedef struct {
   int64_t m, n, k;
   void *out;
   mq_dtype out_dtype;
+  int64_t (*dot)(const uint8_t *xu, const int8_t *ws, int64_t len);
   atomic_int nomem;
 } linear_static_job;
 
@@ -40,73 +45,52 @@ static int in_range(int32_t v, mq_dtype dtype) {
   return dtype == MQ_I8 ? (v >= -128 && v <= 127) : (v >= 0 && v <= 255);
 }
 
-/* Centre `len` int8 / uint8 values: dst[i] = src[i] - zero_point. */
-static void centre_row(const void *src, mq_dtype dtype, int32_t zero_point, int64_t len,
-                       int16_t *restrict dst) {
-  const int16_t zp = (int16_t)zero_point;
-  if (dtype == MQ_I8) {
-    const int8_t *restrict s = src;
-    for (int64_t i = 0; i < len; i++) dst[i] = (int16_t)(s[i] - zp);
-  } else {
-    const uint8_t *restrict s = src;
-    for (int64_t i = 0; i < len; i++) dst[i] = (int16_t)(s[i] - zp);
+static int64_t dot_exact(const linear_static_job *job, const uint8_t *xu, const int8_t *ws) {
+  int64_t total = 0;
+  for (int64_t k0 = 0; k0 < job->k; k0 += MQ_LINEAR_STATIC_BLOCK) {
+    const int64_t len = job->k - k0 < MQ_LINEAR_STATIC_BLOCK ? job->k - k0 : MQ_LINEAR_STATIC_BLOCK;
+    total += job->dot(xu + k0, ws + k0, len);
   }
-}
-
-/* Exact dot products of one x row with MQ_LS_ROWS centred weight rows (w + r * k). */
-static void dot_rows(const int16_t *restrict x, const int16_t *restrict w, int64_t k, int64_t *total) {
-  for (int r = 0; r < MQ_LS_ROWS; r++) total[r] = 0;
-  for (int64_t k0 = 0; k0 < k; k0 += MQ_LS_BLOCK_K) {
-    const int64_t len = k - k0 < MQ_LS_BLOCK_K ? k - k0 : MQ_LS_BLOCK_K;
-    const int16_t *restrict xb = x + k0;
-    const int16_t *restrict w0 = w + k0, *restrict w1 = w0 + k, *restrict w2 = w1 + k,
-                  *restrict w3 = w2 + k;
-    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    for (int64_t i = 0; i < len; i++) {
-      const int32_t xv = xb[i];
-      a0 += xv * w0[i];
-      a1 += xv * w1[i];
-      a2 += xv * w2[i];
-      a3 += xv * w3[i];
-    }
-    total[0] += a0;
-    total[1] += a1;
-    total[2] += a2;
-    total[3] += a3;
-  }
+  return total;
 }
 
 static void linear_static_rows(void *ctx, int64_t n_begin, int64_t n_end) {
   linear_static_job *job = ctx;
   const int64_t k = job->k;
-  const size_t w_row_bytes = (size_t)k * mq_dtype_size(job->w_dtype);
-  /* MQ_LS_ROWS centred weight rows; in a last, partial group the unused rows keep old
-   * values whose sums are computed and dropped */
-  int16_t *wc = calloc((size_t)MQ_LS_ROWS * (size_t)k, sizeof(int16_t));
-  if (!wc) {
+  /* ones: sum ws as a dot product, at SIMD speed.  flipped: a uint8 weight row as int8. */
+  uint8_t *ones = malloc((size_t)k);
+  int8_t *flipped = job->w_dtype == MQ_U8 ? malloc((size_t)k) : NULL;
+  if (!ones || (job->w_dtype == MQ_U8 && !flipped)) {
+    free(ones);
+    free(flipped);
     atomic_store(&job->nomem, 1);
     return;
   }
-  for (int64_t n0 = n_begin; n0 < n_end; n0 += MQ_LS_ROWS) {
-    const int rows = n_end - n0 < MQ_LS_ROWS ? (int)(n_end - n0) : MQ_LS_ROWS;
-    float scale[MQ_LS_ROWS];
-    for (int r = 0; r < rows; r++) {
-      const int64_t c = n0 + r;
-      centre_row((const char *)job->w + (size_t)c * w_row_bytes, job->w_dtype,
-                 job->w_zero_point[c], k, wc + (int64_t)r * k);
-      scale[r] = job->x_scale * job->w_scale[c];
+  memset(ones, 1, (size_t)k);
+  for (int64_t c = n_begin; c < n_end; c++) {
+    const int8_t *ws;
+    int64_t zw = job->w_zero_point[c];
+    if (flipped) {
+      const uint8_t *row = (const uint8_t *)job->w + c * k;
+      for (int64_t i = 0; i < k; i++) flipped[i] = (int8_t)(row[i] ^ 0x80);
+      ws = flipped;
+      zw -= 128;
+    } else {
+      ws = (const int8_t *)job->w + c * k;
     }
+    const int64_t wsum = dot_exact(job, ones, ws);
+    const int64_t zx = job->zx;
+    const int64_t constant = k * zx * zw - zx * wsum;
+    const float scale = job->x_scale * job->w_scale[c];
     for (int64_t mi = 0; mi < job->m; mi++) {
-      int64_t total[MQ_LS_ROWS];
-      dot_rows(job->xs + mi * k, wc, k, total);
-      for (int r = 0; r < rows; r++) {
-        float v = (float)total[r] * scale[r];
-        if (job->bias) v = v + job->bias[n0 + r];
-        mq_store_f32(job->out, job->out_dtype, mi * job->n + n0 + r, v);
-      }
+      const int64_t total = dot_exact(job, job->xu + mi * k, ws) - zw * job->xsum[mi] + constant;
+      float v = (float)total * scale;
+      if (job->bias) v = v + job->bias[c];
+      mq_store_f32(job->out, job->out_dtype, mi * job->n + c, v);
     }
   }
-  free(wc);
+  free(ones);
+  free(flipped);
 }
 
 mq_status mq_linear_static_int8(const void *x, mq_dtype x_dtype, float x_scale, int32_t x_zero_point,
@@ -125,17 +109,34 @@ mq_status mq_linear_static_int8(const void *x, mq_dtype x_dtype, float x_scale, 
       return MQ_ERR_ARG;
   }
   if (m == 0) return MQ_OK;
-  int16_t *xs = malloc(sizeof(int16_t) * (size_t)m * (size_t)k);
-  if (!xs) return MQ_ERR_NOMEM;
-  const size_t x_row_bytes = (size_t)k * mq_dtype_size(x_dtype);
-  for (int64_t mi = 0; mi < m; mi++)
-    centre_row((const char *)x + (size_t)mi * x_row_bytes, x_dtype, x_zero_point, k, xs + mi * k);
-  linear_static_job job = {xs, w, w_dtype, w_scale, w_zero_point, bias, x_scale, m, n, k, out,
-                           out_dtype, 0};
+  /* int8 x moves to uint8 (x + 128); uint8 x is used as it is */
+  uint8_t *xu_buf = NULL;
+  const uint8_t *xu = x;
+  int32_t zx = x_zero_point;
+  if (x_dtype == MQ_I8) {
+    xu_buf = malloc((size_t)m * (size_t)k);
+    if (!xu_buf) return MQ_ERR_NOMEM;
+    const uint8_t *src = x;
+    for (int64_t i = 0; i < m * k; i++) xu_buf[i] = src[i] ^ 0x80;
+    xu = xu_buf;
+    zx += 128;
+  }
+  int64_t *xsum = malloc(sizeof(int64_t) * (size_t)m);
+  if (!xsum) {
+    free(xu_buf);
+    return MQ_ERR_NOMEM;
+  }
+  for (int64_t mi = 0; mi < m; mi++) {
+    int64_t sum = 0;
+    for (int64_t i = 0; i < k; i++) sum += xu[mi * k + i];
+    xsum[mi] = sum;
+  }
+  linear_static_job job = {xu, xsum, zx, w, w_dtype, w_scale, w_zero_point, bias, x_scale, m, n, k,
+                           out, out_dtype, mq_linear_active()->dot_u8s8, 0};
   const int64_t macs_per_channel = m * k;
   const int64_t min_channels = MQ_LS_MIN_MACS_PER_THREAD / macs_per_channel;
-  mq_parallel_for(n, min_channels > MQ_LS_ROWS ? min_channels : MQ_LS_ROWS, MQ_LS_ROWS, num_threads,
-                  linear_static_rows, &job);
-  free(xs);
+  mq_parallel_for(n, min_channels > 1 ? min_channels : 1, 1, num_threads, linear_static_rows, &job);
+  free(xsum);
+  free(xu_buf);
   return atomic_load(&job.nomem) ? MQ_ERR_NOMEM : MQ_OK;
 }

@@ -99,8 +99,10 @@ def _use_c(*tensors: torch.Tensor, dtypes: tuple[torch.dtype, ...] = C_FLOAT_DTY
 
 
 def _dl(t: torch.Tensor):
-    """A DLPack capsule of a contiguous, grad-free view of ``t`` (C borrows it for the call)."""
-    return t.detach().contiguous().__dlpack__()
+    """A DLPack capsule of a contiguous, grad-free view of ``t`` (C borrows it for the call).
+    ``to_dlpack`` builds the same capsule as ``Tensor.__dlpack__`` in C, ~2 us faster per
+    argument, which shows on small layers called once per token."""
+    return _to_dlpack(t.detach().contiguous())
 
 
 def cpu_features() -> dict[str, bool | str]:
@@ -216,7 +218,7 @@ def sqnr(x: torch.Tensor, y: torch.Tensor) -> float:
 
 def _dl_out(t: torch.Tensor):
     """Capsule of an output tensor that torch allocated; C writes into it in place."""
-    return t.__dlpack__()
+    return _to_dlpack(t)
 
 
 def _int8_range(qdtype: torch.dtype) -> tuple[int, int]:

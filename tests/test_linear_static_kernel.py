@@ -70,6 +70,36 @@ def test_c_matches_reference_bit_for_bit(x_dtype, w_dtype, out_dtype, bias):
         assert_bits_equal(c, exact(*args))
 
 
+@requires_c
+@pytest.mark.parametrize("isa", K.linear_isas())
+@pytest.mark.parametrize("x_dtype", [torch.uint8, torch.int8])
+@pytest.mark.parametrize("w_dtype", [torch.int8, torch.uint8])
+@pytest.mark.parametrize("k", [1, 31, 63, 64, 65, 127, 128, 129, 300, 1000])
+def test_every_dispatch_path_is_exact(isa, x_dtype, w_dtype, k):
+    # each SIMD path has its own main loop (64 / 128 bytes) and tail: k around those sizes
+    args = operands(5, 19, k, x_dtype, w_dtype, seed=k)
+    with K.use_linear_isa(isa):
+        c, r = both(args)
+    assert_bits_equal(c, r)
+    assert_bits_equal(c, exact(*args))
+
+
+@requires_c
+@pytest.mark.parametrize("isa", K.linear_isas())
+def test_extreme_operands_on_every_path(isa):
+    # the largest products (255 x -128 after the byte shifts) over more than one 32768-block
+    k = 40_000
+    for x_val, x_zp, w_dtype, w_val, w_zp in [(255, 0, torch.int8, -128, 0), (0, 255, torch.uint8, 255, 0),
+                                              (255, 0, torch.uint8, 0, 255), (0, 0, torch.int8, 127, -128)]:
+        xq = torch.full((2, k), x_val, dtype=torch.uint8)
+        wq = torch.full((3, k), w_val, dtype=w_dtype)
+        args = (xq, 1.0, x_zp, wq, torch.ones(3), torch.full((3,), w_zp, dtype=torch.int32), None)
+        with K.use_linear_isa(isa):
+            c, r = both(args)
+        assert_bits_equal(c, r)
+        assert_bits_equal(c, exact(*args))
+
+
 def test_known_values(backend):
     xq = torch.tensor([[130, 128, 255]], dtype=torch.uint8)  # x_zp 128: centred 2, 0, 127
     wq = torch.tensor([[1, -1, 2], [0, 0, -3]], dtype=torch.int8)
