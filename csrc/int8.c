@@ -26,35 +26,84 @@ static mq_status check_scales(const float *scale, int64_t channels) {
   return MQ_OK;
 }
 
+/* Round half to even without a libm call (nearbyintf is a call on baseline x86-64, and so
+ * are fminf/fmaxf): adding and subtracting 1.5 * 2^23 rounds to an integer in the default
+ * rounding mode, exactly for |t| <= 2^22 (no -ffast-math, so the compiler keeps both steps).
+ * Clamping t to +-1024 first changes nothing: a value beyond lands outside [qmin, qmax]
+ * after adding the zero point either way.  t is finite or +-inf (v finite, s finite > 0). */
+static inline float quantize_value(float v, float s, float zp, float qmin, float qmax) {
+  float t = v / s;
+  t = t < -1024.0f ? -1024.0f : (t > 1024.0f ? 1024.0f : t);
+  const float magic = 12582912.0f; /* 1.5 * 2^23 */
+  const float q = ((t + magic) - magic) + zp;
+  return q < qmin ? qmin : (q > qmax ? qmax : q);
+}
+
+/* NaN and +-Inf fail `|v| <= FLT_MAX`; written as a comparison so the loops vectorize. */
+static inline int not_finite(float v) { return !(fabsf(v) <= 3.40282347e38f); }
+
+/* One row of float32 input: branch-free so the compiler vectorizes it; NaN/Inf are noted,
+ * and the caller then discards the output. */
+static int quantize_row_f32(const float *restrict src, int64_t n, float s, float zp, mq_dtype dst_dtype,
+                            void *dst) {
+  int bad = 0;
+  if (dst_dtype == MQ_I8) {
+    int8_t *restrict out = dst;
+    for (int64_t i = 0; i < n; i++) {
+      bad |= not_finite(src[i]);
+      out[i] = (int8_t)(int32_t)quantize_value(src[i], s, zp, -128.0f, 127.0f);
+    }
+  } else {
+    uint8_t *restrict out = dst;
+    for (int64_t i = 0; i < n; i++) {
+      bad |= not_finite(src[i]);
+      out[i] = (uint8_t)(int32_t)quantize_value(src[i], s, zp, 0.0f, 255.0f);
+    }
+  }
+  return bad;
+}
+
 static void quantize_rows(void *ctx, int64_t row_begin, int64_t row_end) {
   int8_job *job = ctx;
   const float qmin = job->dst_dtype == MQ_I8 ? -128.0f : 0.0f;
   const float qmax = job->dst_dtype == MQ_I8 ? 127.0f : 255.0f;
+  const size_t q_size = mq_dtype_size(job->dst_dtype);
   for (int64_t r = row_begin; r < row_end; r++) {
     const int64_t c = r % job->channels;
     const float s = job->scale[c], zp = (float)job->zero_point[c];
     const int64_t base = r * job->inner;
-    for (int64_t i = 0; i < job->inner; i++) {
-      const float v = mq_load_f32(job->src, job->src_dtype, base + i);
-      if (!isfinite(v)) {
+    if (job->src_dtype == MQ_F32) {
+      if (quantize_row_f32((const float *)job->src + base, job->inner, s, zp, job->dst_dtype,
+                           (char *)job->dst + (size_t)base * q_size)) {
         atomic_store(&job->nonfinite, 1);
         return;
       }
-      /* Round half to even without a libm call (nearbyintf is one on baseline x86-64): adding
-       * and subtracting 1.5 * 2^23 rounds to an integer in the default rounding mode, exactly
-       * for |t| <= 2^22 (the compiler may not reassociate it: no -ffast-math).  Clamping t to +-1024 first changes nothing: any value beyond
-       * lands outside [qmin, qmax] after adding the zero point either way. */
-      float t = v / s; /* finite or +-inf: v is finite, s finite and > 0 */
-      t = t < -1024.0f ? -1024.0f : (t > 1024.0f ? 1024.0f : t);
-      const float magic = 12582912.0f; /* 1.5 * 2^23 */
-      float q = ((t + magic) - magic) + zp;
-      q = q < qmin ? qmin : (q > qmax ? qmax : q); /* no fminf/fmaxf: they are calls here */
+      continue;
+    }
+    for (int64_t i = 0; i < job->inner; i++) {
+      const float v = mq_load_f32(job->src, job->src_dtype, base + i);
+      if (not_finite(v)) {
+        atomic_store(&job->nonfinite, 1);
+        return;
+      }
+      const float q = quantize_value(v, s, zp, qmin, qmax);
       if (job->dst_dtype == MQ_I8)
         ((int8_t *)job->dst)[base + i] = (int8_t)q;
       else
         ((uint8_t *)job->dst)[base + i] = (uint8_t)q;
     }
   }
+}
+
+/* Per tensor (one channel): split the flat elements, not the rows, so that one large
+ * activation tensor still uses every thread. */
+static void quantize_flat_f32(void *ctx, int64_t begin, int64_t end) {
+  int8_job *job = ctx;
+  const size_t q_size = mq_dtype_size(job->dst_dtype);
+  if (quantize_row_f32((const float *)job->src + begin, end - begin, job->scale[0],
+                       (float)job->zero_point[0], job->dst_dtype,
+                       (char *)job->dst + (size_t)begin * q_size))
+    atomic_store(&job->nonfinite, 1);
 }
 
 static void dequantize_rows(void *ctx, int64_t row_begin, int64_t row_end) {
@@ -85,7 +134,12 @@ mq_status mq_int8_quantize(const void *x, mq_dtype x_dtype, int64_t outer, int64
   mq_status st = check_scales(scale, channels);
   if (st != MQ_OK) return st;
   int8_job job = {x, x_dtype, q, q_dtype, channels, inner, scale, zero_point, 0};
-  mq_parallel_for(outer * channels, min_rows_per_thread(inner), 1, num_threads, quantize_rows, &job);
+  if (channels == 1 && x_dtype == MQ_F32)
+    mq_parallel_for(outer * inner, MQ_INT8_MIN_ELEMS_PER_THREAD, 64, num_threads, quantize_flat_f32,
+                    &job);
+  else
+    mq_parallel_for(outer * channels, min_rows_per_thread(inner), 1, num_threads, quantize_rows,
+                    &job);
   return atomic_load(&job.nonfinite) ? MQ_ERR_NONFINITE : MQ_OK;
 }
 
