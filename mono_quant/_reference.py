@@ -174,7 +174,7 @@ def linear_static(
     check_linear_static_values(xq.dtype, x_scale, x_zp, wq.dtype, w_scale, w_zp, bias)
     xs = xq.to(torch.float64) - float(x_zp)
     ws = wq.to(torch.float64) - w_zp.to(torch.float64).reshape(-1, 1)
-    acc = xs @ ws.T
+    acc = xs @ ws.T + 0.0  # an integer sum has no -0 (float64 0 * -w would give one)
     scale = torch.tensor(x_scale, dtype=torch.float32, device=xq.device) * w_scale.float()
     out = acc.float() * scale
     if bias is not None:

@@ -300,3 +300,12 @@ def test_histogram_c_module_checks():
         K._C.histogram(torch.zeros(3).__dlpack__(), 0.0, 1.0, torch.zeros(4, dtype=torch.int32).__dlpack__(), 1)
     with pytest.raises(ValueError, match="histogram range"):
         K._C.histogram(torch.zeros(3).__dlpack__(), 1.0, 0.0, torch.zeros(4, dtype=torch.int64).__dlpack__(), 1)
+
+
+def test_a_zero_sum_is_positive_zero(backend):
+    # x == x_zero_point makes every product 0 * (w - w_zp), some with w - w_zp < 0: the exact
+    # integer sum is 0, so the output is +0.0 on both paths (float math would give -0.0)
+    xq = torch.tensor([[-39]], dtype=torch.int8)
+    wq = torch.tensor([[-97], [112]], dtype=torch.int8)
+    out = K.linear_static(xq, 0.5, -39, wq, torch.ones(2), torch.tensor([115, 0], dtype=torch.int32))
+    assert out.view(torch.int32).tolist() == [[0, 0]]
