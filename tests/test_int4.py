@@ -18,20 +18,6 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 METHODS = ("absmax", "mse")
 
 
-@pytest.fixture(params=["c", "reference"])
-def backend(request: pytest.FixtureRequest):
-    """Runs a test once on the C kernels and once on the torch reference."""
-    if request.param == "c" and not K.c_available():
-        pytest.skip("the C extension mono_quant._C is not built")
-    with K.use_backend(request.param):
-        yield request.param
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
 def quantize_both(w, group_size=128, symmetric=True, scale_method="mse"):
     """The C and reference results of the same call, asserted bit-identical."""
     if not K.c_available():

@@ -10,25 +10,7 @@ from torch import nn
 from mono_quant import _kernels as K
 from mono_quant.nn.qlinear_int4 import QuantizedLinearInt4
 
-from helpers import assert_activation_rounding_close
-
-
-@pytest.fixture(params=["c", "reference"])
-def backend(request: pytest.FixtureRequest):
-    """Runs a test once on the C kernels and once on the torch reference."""
-    if request.param == "c" and not K.c_available():
-        pytest.skip("the C extension mono_quant._C is not built")
-    with K.use_backend(request.param):
-        yield request.param
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    torch.manual_seed(0)
-
-
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(F.cosine_similarity(a.detach().flatten().double(), b.detach().flatten().double(), dim=0))
+from helpers import assert_activation_rounding_close, cosine
 
 
 @pytest.mark.parametrize("group_size", [32, 128])
