@@ -21,6 +21,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #if defined(__linux__)
 #include <dlfcn.h>
@@ -71,7 +72,14 @@ static mq_pool pool = {
     .wake = PTHREAD_COND_INITIALIZER,
 };
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-static atomic_int forked_child; /* set in a child after fork: libgomp's team is not there */
+#if MQ_CAN_SHARE_GOMP
+/* The process that loaded the module.  A forked child (getpid() differs) must not use
+ * libgomp's team: GNU OpenMP does not survive fork (its pool still lists the parent's
+ * threads), even when the parent forked before any kernel of ours ran. */
+static pid_t loaded_pid;
+__attribute__((constructor)) static void note_loaded_pid(void) { loaded_pid = getpid(); }
+static int in_forked_child(void) { return getpid() != loaded_pid; }
+#endif
 
 int mq_parallel_parts(int64_t n, int64_t min_per_thread, int64_t align, int num_threads) {
   if (n <= 0 || num_threads <= 1) return 1;
@@ -143,7 +151,6 @@ static void reset_after_fork(void) {
   pool.wake = fresh_cond;
   pool.workers = 0;
   atomic_store(&pool.sleeping, 0);
-  atomic_store(&forked_child, 1);
 }
 
 static void install_atfork(void) { pthread_atfork(NULL, NULL, reset_after_fork); }
@@ -233,7 +240,7 @@ static void gomp_body(void *data) {
 /* Run the job on libgomp's team; 0 when there is none to use. */
 static int run_on_gomp(int64_t n, int64_t align, int parts, mq_range_fn fn, void *ctx) {
   pthread_once(&gomp_once, find_gomp);
-  if (!gomp_parallel || atomic_load(&forked_child)) return 0;
+  if (!gomp_parallel || in_forked_child()) return 0;
   gomp_job job = {fn, ctx, n, align < 1 ? 1 : align, parts, 0};
   gomp_parallel(gomp_body, &job, (unsigned)parts, 0);
   return 1;
@@ -241,7 +248,7 @@ static int run_on_gomp(int64_t n, int64_t align, int parts, mq_range_fn fn, void
 
 const char *mq_threadpool_kind(void) {
   pthread_once(&gomp_once, find_gomp);
-  return gomp_parallel && !atomic_load(&forked_child) ? "libgomp" : "own";
+  return gomp_parallel && !in_forked_child() ? "libgomp" : "own";
 }
 #else
 static int run_on_gomp(int64_t n, int64_t align, int parts, mq_range_fn fn, void *ctx) {

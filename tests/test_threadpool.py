@@ -103,3 +103,31 @@ def test_torch_openmp_team_and_own_pool_agree(tmp_path):
     finally:
         torch.set_num_threads(before)
     assert _same(here, torch.load(out))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="fork is POSIX only")
+def test_a_child_forked_before_any_kernel_ran_does_not_hang(tmp_path):
+    """torch's OpenMP team exists in the parent (a torch op ran), mono_quant is imported but
+    none of its kernels ran, then fork: the child's kernels must not wait on the parent's
+    OpenMP threads (GNU OpenMP does not survive fork; torch's own parallel ops would hang
+    there, which is why forked workers usually run torch with one thread)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, sys, torch; sys.path[:0] = sys.argv[1:3]\n"
+        "torch.set_num_threads(2)\n"
+        "import test_threadpool as T\n"
+        "torch.randn(512, 512) @ torch.randn(512, 512)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    T._work(7)\n"
+        "    os._exit(0)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "sys.exit(os.waitstatus_to_exitcode(status))\n"
+    )
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(K.__file__)))
+    proc = subprocess.run([sys.executable, "-c", script, tests_dir, package_root],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
