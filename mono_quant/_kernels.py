@@ -99,10 +99,16 @@ def _use_c(*tensors: torch.Tensor, dtypes: tuple[torch.dtype, ...] = C_FLOAT_DTY
 
 
 def _dl(t: torch.Tensor):
-    """A DLPack capsule of a contiguous, grad-free view of ``t`` (C borrows it for the call).
-    ``to_dlpack`` builds the same capsule as ``Tensor.__dlpack__`` in C, ~2 us faster per
-    argument, which shows on small layers called once per token."""
-    return _to_dlpack(t.detach().contiguous())
+    """A DLPack capsule of a contiguous, grad-free view of ``t`` (C borrows it for the call)."""
+    return _capsule(t.detach().contiguous())
+
+
+def _capsule(t: torch.Tensor):
+    """A DLPack capsule of ``t`` as it is: a contiguous, grad-free input, or an output that
+    torch allocated and C fills in place. ``to_dlpack`` builds the same (legacy) capsule as
+    ``Tensor.__dlpack__`` but in C, ~2 us faster per argument, which shows on small layers
+    called once per token."""
+    return _to_dlpack(t)
 
 
 def cpu_features() -> dict[str, bool | str]:
@@ -131,7 +137,7 @@ def minmax(x: torch.Tensor, axis: int | None = None) -> tuple[torch.Tensor, torc
         x3 = x3.contiguous()
         mn = torch.empty(x3.shape[1], dtype=torch.float32)
         mx = torch.empty(x3.shape[1], dtype=torch.float32)
-        _C.minmax(_dl(x3), _dl_out(mn), _dl_out(mx), num_threads())
+        _C.minmax(_dl(x3), _capsule(mn), _capsule(mx), num_threads())
     if axis is None:
         return mn.reshape(()), mx.reshape(())
     return mn, mx
@@ -152,7 +158,7 @@ def qparams(
     mx1 = mx.float().reshape(-1).contiguous()
     scale = torch.empty_like(mn1)
     zp = torch.empty(mn1.shape, dtype=torch.int32)
-    _C.qparams(_dl(mn1), _dl(mx1), _dl_out(scale), _dl_out(zp), qmin, qmax, bool(symmetric))
+    _C.qparams(_dl(mn1), _dl(mx1), _capsule(scale), _capsule(zp), qmin, qmax, bool(symmetric))
     return scale.reshape(shape), zp.reshape(shape)
 
 
@@ -175,7 +181,7 @@ def quantize(
     x3 = x3.contiguous()
     q = torch.empty(x3.shape, dtype=qdtype)
     _C.quantize(_dl(x3), _dl(scale.float().reshape(-1)), _dl(zp.to(torch.int32).reshape(-1)),
-                _dl_out(q), num_threads())
+                _capsule(q), num_threads())
     return q.reshape(x.shape)
 
 
@@ -198,7 +204,7 @@ def dequantize(
     q3 = q3.contiguous()
     out = torch.empty(q3.shape, dtype=out_dtype)
     _C.dequantize(_dl(q3), _dl(scale.float().reshape(-1)), _dl(zp.to(torch.int32).reshape(-1)),
-                  _dl_out(out), num_threads())
+                  _capsule(out), num_threads())
     return out.reshape(q.shape)
 
 
@@ -214,11 +220,6 @@ def sqnr(x: torch.Tensor, y: torch.Tensor) -> float:
     if not (_use_c(x) and _use_c(y)):
         return ref.sqnr(x, y)
     return float(_C.sqnr(_dl(x.reshape(-1)), _dl(y.reshape(-1)), num_threads()))
-
-
-def _dl_out(t: torch.Tensor):
-    """Capsule of an output tensor that torch allocated; C writes into it in place."""
-    return _to_dlpack(t)
 
 
 def _int8_range(qdtype: torch.dtype) -> tuple[int, int]:
@@ -261,7 +262,7 @@ def histogram(x: torch.Tensor, lo: float, hi: float, bins: int) -> torch.Tensor:
     if not _use_c(x):
         return ref.histogram(x, float(lo32), float(hi32), bins)
     counts = torch.empty(bins, dtype=torch.int64)
-    _C.histogram(_dl(x.reshape(-1)), float(lo32), float(hi32), _dl_out(counts), num_threads())
+    _C.histogram(_dl(x.reshape(-1)), float(lo32), float(hi32), _capsule(counts), num_threads())
     return counts
 
 
@@ -312,7 +313,7 @@ def linear_static(
     _C.linear_static(
         _dl(x2), x_scale, x_zp, _dl(wq), _dl(w_scale.float().reshape(-1)),
         _dl(w_zp.to(torch.int32).reshape(-1)), None if bias is None else _dl(bias.float().reshape(-1)),
-        _dl_out(out), num_threads(),
+        _capsule(out), num_threads(),
     )
     return out.reshape(*lead, n)
 # INT4 group-wise: quantize + pack, unpack + dequantize, pack / unpack nibbles.
@@ -361,7 +362,7 @@ def int4_quantize(
     qweight = torch.empty(n, k // 2, dtype=torch.uint8)
     scale = torch.empty(n, k // group_size, dtype=torch.float16)
     zero_point = torch.empty(n, k // group_size, dtype=torch.uint8)
-    _C.int4_quantize(_dl(w), _dl_out(qweight), _dl_out(scale), _dl_out(zero_point), group_size,
+    _C.int4_quantize(_dl(w), _capsule(qweight), _capsule(scale), _capsule(zero_point), group_size,
                      bool(symmetric), _INT4_METHOD_CODES[scale_method], num_threads())
     return qweight, scale, zero_point
 
@@ -395,7 +396,7 @@ def int4_dequantize(
     if not _use_c(qweight, dtypes=(torch.uint8,)) or out_dtype not in C_FLOAT_DTYPES:
         return ref.int4_dequantize(qweight, scale, zero_point, group_size, out_dtype)
     out = torch.empty(n, k, dtype=out_dtype)
-    _C.int4_dequantize(_dl(qweight), _dl(scale), _dl(zero_point), _dl_out(out), group_size,
+    _C.int4_dequantize(_dl(qweight), _dl(scale), _dl(zero_point), _capsule(out), group_size,
                        num_threads())
     return out
 
@@ -413,7 +414,7 @@ def int4_pack(nibbles: torch.Tensor) -> torch.Tensor:
     if not _use_c(nibbles, dtypes=(torch.uint8,)):
         return ref.int4_pack(nibbles)
     qweight = torch.empty(nibbles.shape[0], nibbles.shape[1] // 2, dtype=torch.uint8)
-    _C.int4_pack(_dl(nibbles), _dl_out(qweight), num_threads())
+    _C.int4_pack(_dl(nibbles), _capsule(qweight), num_threads())
     return qweight
 
 
@@ -428,7 +429,7 @@ def int4_unpack(qweight: torch.Tensor) -> torch.Tensor:
     if not _use_c(qweight, dtypes=(torch.uint8,)):
         return ref.int4_unpack(qweight)
     nibbles = torch.empty(qweight.shape[0], 2 * qweight.shape[1], dtype=torch.uint8)
-    _C.int4_unpack(_dl(qweight), _dl_out(nibbles), num_threads())
+    _C.int4_unpack(_dl(qweight), _capsule(nibbles), num_threads())
     return nibbles
 
 
@@ -489,7 +490,7 @@ def pack_linear_int8(qweight: torch.Tensor, scale: torch.Tensor, zero_point: tor
         return ref.pack_linear_int8(qweight.detach(), scale.detach(), zero_point.detach())
     packed = torch.empty(_C.linear_int8_packed_size(n, k), dtype=torch.uint8)
     _C.linear_int8_pack(_dl(qweight), _dl(scale.float().reshape(-1)),
-                        _dl(zero_point.to(torch.int32).reshape(-1)), _dl_out(packed), num_threads())
+                        _dl(zero_point.to(torch.int32).reshape(-1)), _capsule(packed), num_threads())
     return packed
 
 
@@ -525,7 +526,7 @@ def pack_linear_int4(qweight: torch.Tensor, scale: torch.Tensor, zero_point: tor
     if not _use_c(qweight, dtypes=(torch.uint8,)):
         return ref.pack_linear_int4(qweight.detach(), scale.detach(), zero_point.detach(), group_size)
     packed = torch.empty(_C.linear_int4_packed_size(n, k, group_size), dtype=torch.uint8)
-    _C.linear_int4_pack(_dl(qweight), _dl(scale), _dl(zero_point), group_size, _dl_out(packed),
+    _C.linear_int4_pack(_dl(qweight), _dl(scale), _dl(zero_point), group_size, _capsule(packed),
                         num_threads())
     return packed
 
@@ -541,9 +542,7 @@ def linear_int8(x: torch.Tensor, packed: torch.Tensor, out_features: int, in_fea
     """
     x2 = _linear_input(x, packed, out_features, in_features, bias)
     if _linear_use_c(x2, packed, bias):
-        out = torch.empty(x2.shape[0], out_features, dtype=x2.dtype)
-        _C.linear_int8(_capsule(x2.contiguous()), _capsule(packed), out_features, in_features,
-                       _linear_bias(bias), _capsule(out), num_threads())
+        out = LinearPlan(packed, out_features, in_features, 0, bias)(x2)
     else:
         out = ref.linear_int8(x2, packed, out_features, in_features, bias)
     return out.reshape(*x.shape[:-1], out_features)
@@ -561,9 +560,7 @@ def linear_int4(x: torch.Tensor, packed: torch.Tensor, out_features: int, in_fea
     ref.check_linear_group_size(group_size)
     x2 = _linear_input(x, packed, out_features, in_features, bias)
     if _linear_use_c(x2, packed, bias):
-        out = torch.empty(x2.shape[0], out_features, dtype=x2.dtype)
-        _C.linear_int4(_capsule(x2.contiguous()), _capsule(packed), out_features, in_features,
-                       group_size, _linear_bias(bias), _capsule(out), num_threads())
+        out = LinearPlan(packed, out_features, in_features, group_size, bias)(x2)
     else:
         out = ref.linear_int4(x2, packed, out_features, in_features, group_size, bias)
     return out.reshape(*x.shape[:-1], out_features)
@@ -571,8 +568,9 @@ def linear_int4(x: torch.Tensor, packed: torch.Tensor, out_features: int, in_fea
 
 class LinearPlan:
     """A packed weight with its DLPack capsules made once, so that a module's forward call
-    pays only for its input: ~7 us of fixed cost instead of ~13 through ``linear_int8``.
-    Built by the quantized Linear modules (``group_size`` 0 for INT8); CPU and C build only.
+    pays only for its input: ~7 us of fixed cost instead of ~13 through ``linear_int8``
+    (which checks its arguments and builds a plan per call). The quantized Linear modules
+    keep one per layer (``group_size`` 0 for INT8); CPU and C build only.
 
     >>> plan = LinearPlan(pack_linear_int8(q, scale, zp), 32, 64, 0, bias)
     >>> plan(torch.randn(4, 64)).shape
@@ -678,13 +676,6 @@ def _linear_use_c(x2: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | N
             raise ValueError("the C backend needs x, packed and bias on the CPU")
         return False
     return True
-
-
-def _capsule(t: torch.Tensor):
-    """A (legacy, unversioned) DLPack capsule of a contiguous, grad-free tensor. A forward
-    call is ~100 us at batch 1, so the ~2 us ``Tensor.__dlpack__`` spends per argument in
-    Python shows; ``to_dlpack`` is the same capsule built in C."""
-    return _to_dlpack(t)
 
 
 def _linear_bias(bias: torch.Tensor | None):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -72,12 +74,18 @@ def test_a_forked_child_can_use_the_pool():
     assert all(torch.equal(torch.tensor(g, dtype=e.dtype), e) for g, e in zip(got, expected, strict=True))
 
 
+def _run_python(script: str, *args: str, env: dict | None = None, timeout: int = 300):
+    """Run ``script`` in a fresh interpreter whose sys.argv[1:3] are the tests folder and the
+    folder holding the mono_quant under test (put them on sys.path), then ``args``."""
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(K.__file__)))
+    return subprocess.run([sys.executable, "-c", script, tests_dir, package_root, *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def test_torch_openmp_team_and_own_pool_agree(tmp_path):
     """Jobs run on torch's libgomp team when it is loaded, else on mono_quant's own pool
     (MONO_QUANT_THREADPOOL=own forces that); both give the same bits."""
-    import subprocess
-    import sys
-
     kind = K.cpu_features()["threads"]
     assert kind in ("libgomp", "own")
     script = (
@@ -89,11 +97,7 @@ def test_torch_openmp_team_and_own_pool_agree(tmp_path):
         "torch.save(T._work(5), sys.argv[3])\n"
     )
     out = tmp_path / "own.pt"
-    env = dict(os.environ, MONO_QUANT_THREADPOOL="own")
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(K.__file__)))
-    proc = subprocess.run([sys.executable, "-c", script, tests_dir, package_root, str(out)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = _run_python(script, str(out), env=dict(os.environ, MONO_QUANT_THREADPOOL="own"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["own"]
     before = torch.get_num_threads()
@@ -106,14 +110,11 @@ def test_torch_openmp_team_and_own_pool_agree(tmp_path):
 
 
 @pytest.mark.skipif(os.name != "posix", reason="fork is POSIX only")
-def test_a_child_forked_before_any_kernel_ran_does_not_hang(tmp_path):
+def test_a_child_forked_before_any_kernel_ran_does_not_hang():
     """torch's OpenMP team exists in the parent (a torch op ran), mono_quant is imported but
     none of its kernels ran, then fork: the child's kernels must not wait on the parent's
     OpenMP threads (GNU OpenMP does not survive fork; torch's own parallel ops would hang
     there, which is why forked workers usually run torch with one thread)."""
-    import subprocess
-    import sys
-
     script = (
         "import os, sys, torch; sys.path[:0] = sys.argv[1:3]\n"
         "torch.set_num_threads(2)\n"
@@ -126,8 +127,5 @@ def test_a_child_forked_before_any_kernel_ran_does_not_hang(tmp_path):
         "_, status = os.waitpid(pid, 0)\n"
         "sys.exit(os.waitstatus_to_exitcode(status))\n"
     )
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(K.__file__)))
-    proc = subprocess.run([sys.executable, "-c", script, tests_dir, package_root],
-                          capture_output=True, text=True, timeout=120)
+    proc = _run_python(script, timeout=120)
     assert proc.returncode == 0, proc.stderr
