@@ -542,7 +542,7 @@ def linear_int8(x: torch.Tensor, packed: torch.Tensor, out_features: int, in_fea
     """
     x2 = _linear_input(x, packed, out_features, in_features, bias)
     if _linear_use_c(x2, packed, bias):
-        out = LinearPlan(packed, out_features, in_features, 0, bias)(x2)
+        out = linear_packed(x2, packed, out_features, in_features, 0, bias)
     else:
         out = ref.linear_int8(x2, packed, out_features, in_features, bias)
     return out.reshape(*x.shape[:-1], out_features)
@@ -560,53 +560,38 @@ def linear_int4(x: torch.Tensor, packed: torch.Tensor, out_features: int, in_fea
     ref.check_linear_group_size(group_size)
     x2 = _linear_input(x, packed, out_features, in_features, bias)
     if _linear_use_c(x2, packed, bias):
-        out = LinearPlan(packed, out_features, in_features, group_size, bias)(x2)
+        out = linear_packed(x2, packed, out_features, in_features, group_size, bias)
     else:
         out = ref.linear_int4(x2, packed, out_features, in_features, group_size, bias)
     return out.reshape(*x.shape[:-1], out_features)
 
 
-class LinearPlan:
-    """A packed weight with its DLPack capsules made once, so that a module's forward call
-    pays only for its input: ~7 us of fixed cost instead of ~13 through ``linear_int8``
-    (which checks its arguments and builds a plan per call). The quantized Linear modules
-    keep one per layer (``group_size`` 0 for INT8); CPU and C build only.
+def linear_packed(x: torch.Tensor, packed: torch.Tensor, n: int, k: int, group_size: int,
+                  bias: torch.Tensor | None) -> torch.Tensor:
+    """The C Linear kernel on a packed weight (``group_size`` 0: INT8, else INT4), with no
+    argument checks beyond the C ones: the hot path of the quantized Linear modules, for
+    inputs ``linear_packed_uses_c`` accepted. ``x [..., k]`` -> ``[..., n]`` of x's dtype.
 
-    >>> plan = LinearPlan(pack_linear_int8(q, scale, zp), 32, 64, 0, bias)
-    >>> plan(torch.randn(4, 64)).shape
-    torch.Size([4, 32])
+    >>> y = linear_packed(torch.randn(4, 64), pack_linear_int8(q, scale, zp), 32, 64, 0, None)
     """
+    x2 = x.detach().reshape(-1, k)
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    out = torch.empty(x2.shape[0], n, dtype=x.dtype)
+    bias_capsule = None if bias is None else _linear_bias(bias)
+    if group_size:
+        _C.linear_int4(_capsule(x2), _capsule(packed), n, k, group_size, bias_capsule, _capsule(out), num_threads())
+    else:
+        _C.linear_int8(_capsule(x2), _capsule(packed), n, k, bias_capsule, _capsule(out), num_threads())
+    return out.view(*x.shape[:-1], n)
 
-    __slots__ = ("packed", "out_features", "in_features", "group_size", "_packed_capsule", "_bias_capsule")
 
-    def __init__(self, packed: torch.Tensor, out_features: int, in_features: int, group_size: int,
-                 bias: torch.Tensor | None) -> None:
-        if _C is None:
-            raise RuntimeError(f"the C extension mono_quant._C is not built ({_C_IMPORT_ERROR})")
-        self.packed = packed
-        self.out_features, self.in_features, self.group_size = out_features, in_features, group_size
-        # The C side only reads a capsule (it never takes ownership), so one serves every call.
-        self._packed_capsule = _capsule(packed)
-        self._bias_capsule = _linear_bias(bias)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        n, k = self.out_features, self.in_features
-        if x.dim() < 1 or x.shape[-1] != k:
-            raise ValueError(f"x must have in_features={k} values in its last dimension; "
-                             f"got shape {tuple(x.shape)}")
-        if x.requires_grad:
-            x = x.detach()
-        x2 = x.reshape(-1, k)
-        if not x2.is_contiguous():
-            x2 = x2.contiguous()
-        out = torch.empty(x2.shape[0], n, dtype=x.dtype)
-        if self.group_size:
-            _C.linear_int4(_capsule(x2), self._packed_capsule, n, k, self.group_size, self._bias_capsule,
-                           _capsule(out), num_threads())
-        else:
-            _C.linear_int8(_capsule(x2), self._packed_capsule, n, k, self._bias_capsule, _capsule(out),
-                           num_threads())
-        return out.view(*x.shape[:-1], n)
+def linear_packed_uses_c(x: torch.Tensor, packed: torch.Tensor) -> bool:
+    """True when ``linear_packed`` may run ``x`` on ``packed``: both on the CPU, ``x`` of a
+    dtype the kernel takes, the extension built and the backend not ``"reference"`` (under
+    which the modules compute in float, in torch)."""
+    return (x.dtype in C_FLOAT_DTYPES and x.device.type == "cpu" and packed.device.type == "cpu"
+            and linear_c_enabled())
 
 
 def linear_c_enabled() -> bool:
@@ -678,7 +663,7 @@ def _linear_use_c(x2: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | N
     return True
 
 
-def _linear_bias(bias: torch.Tensor | None):
-    if bias is None:
-        return None
-    return _capsule(bias.detach().to(bias.dtype if bias.dtype in C_FLOAT_DTYPES else torch.float32).contiguous())
+def _linear_bias(bias: torch.Tensor):
+    if bias.dtype not in C_FLOAT_DTYPES:
+        bias = bias.float()
+    return _capsule(bias.detach().contiguous())

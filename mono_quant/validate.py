@@ -305,9 +305,11 @@ def quantized_layers(original: ModelOrState, quantized: ModelOrState) -> list[Qu
 
 
 def _own_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
-    out = {k: p for k, p in module._parameters.items() if p is not None}
-    out.update((k, b) for k, b in module._buffers.items() if b is not None)
-    return out
+    """The module's own tensors as a file holds them: packed layers give their canonical
+    ``qweight`` / ``scale`` / ``zero_point`` (their ``state_dict`` entries), not ``packed``."""
+    out: dict[str, torch.Tensor] = {}
+    module._save_to_state_dict(out, "", keep_vars=True)
+    return {k: t for k, t in out.items() if isinstance(t, torch.Tensor)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -62,3 +62,32 @@ def assert_activation_rounding_close(y: torch.Tensor, x: torch.Tensor, w_hat: to
     bound = 0.5 * (1 + 1e-5) * d.double() @ wabs.T + 4 * eps * scale + 1e-30
     err = (y.detach().reshape(exact.shape).double() - exact).abs()
     assert bool((err <= bound).all()), f"worst excess over the rounding bound {(err - bound).max().item():.3g}"
+
+
+def poke_packed(layer: nn.Module, name: str, index: tuple[int, ...], value: int | float) -> None:
+    """Write ``value`` as the canonical ``layer.<name>[index]`` straight into the bytes of a
+    packed Linear layer's ``packed`` buffer, bypassing every check (``set_weight`` refuses bad
+    values): how tests make a layer that a file, a loader or a stray write could corrupt.
+    ``name`` is "scale" or "zero_point"; ``index`` is (row,) for INT8 and (row, group) for INT4."""
+    import struct
+
+    from mono_quant import _reference as ref
+
+    row = index[0]
+    tile, r = divmod(row, ref.LINEAR_NR)
+    header = 64
+    if getattr(layer, "group_size", None):  # INT4: per group, fp16 scale[16], uint8 zero[16], pad
+        g, k = layer.group_size, layer.in_features
+        group_bytes = 64 + g // ref.LINEAR_QK * 256
+        base = header + tile * (k // g) * group_bytes + index[1] * group_bytes
+        offset, raw = ((base + 2 * r, struct.pack("<e", value)) if name == "scale"
+                       else (base + 32 + r, bytes([int(value)])))
+    else:  # INT8: per tile, the weights, then float32 scale[16] and int32 zero[16] (zero_point - center)
+        kp = -(-layer.in_features // ref.LINEAR_QK) * ref.LINEAR_QK
+        tile_bytes = kp * ref.LINEAR_NR + 128
+        base = header + tile * tile_bytes + kp * ref.LINEAR_NR
+        center = 0 if layer.symmetric else 128
+        offset, raw = ((base + 4 * r, struct.pack("<f", value)) if name == "scale"
+                       else (base + 64 + 4 * r, struct.pack("<i", int(value) - center)))
+    with torch.no_grad():
+        layer.packed[offset:offset + len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)

@@ -1,6 +1,6 @@
 """The CPU fast path of QuantizedLinear / QuantizedLinearInt4: when it runs, what it computes
-on every dispatch path, and the repacked-weight cache (built once, rebuilt when the buffers
-change, never saved or copied)."""
+on every dispatch path, and the packed weight storage (held once, saved in the canonical
+layout, no write missed)."""
 
 from __future__ import annotations
 
@@ -90,34 +90,49 @@ def test_autograd_and_the_reference_backend_take_the_float_path(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_the_packed_weight_is_built_once_and_never_saved_or_copied(kind):
+def test_the_weight_is_held_once_packed_and_saved_canonical(kind):
     q = make(kind, 128, 32)
-    assert q.packed_bytes() == 0
     x = torch.randn(1, 128)
     y = q(x)
-    packed = q.packed_weight()
-    assert q.packed_bytes() == packed.numel() > 0
-    assert torch.equal(q(x), y) and q.packed_weight() is packed  # cached, not rebuilt
-    assert set(q.state_dict()) == {"qweight", "scale", "zero_point", "bias"}
-    assert copy.deepcopy(q).packed_bytes() == 0
-    assert pickle.loads(pickle.dumps(q)).packed_bytes() == 0
-    assert torch.equal(copy.deepcopy(q)(x), y)
-    q.release_packed()
-    assert q.packed_bytes() == 0 and torch.equal(q(x), y)
+    assert q.packed_weight() is q.packed and q.packed_bytes() == q.packed.numel() > 0
+    # The packed buffer is the module's only weight tensor: nothing else of that size.
+    assert {name for name, _ in q.named_buffers()} == {"packed", "bias"}
+    assert q.packed_bytes() <= 1.1 * q.storage_bytes()
+    assert list(q.state_dict()) == ["qweight", "scale", "zero_point", "bias"]
+    for clone in (copy.deepcopy(q), pickle.loads(pickle.dumps(q))):
+        assert torch.equal(clone.packed, q.packed) and torch.equal(clone(x), y)
+    fresh = make(kind, 128, 32)
+    fresh.load_state_dict(q.state_dict())
+    assert torch.equal(fresh.packed, q.packed) and torch.equal(fresh(x), y)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_new_weights_are_repacked(kind):
+def test_no_write_to_the_weights_is_missed(kind):
     q, other = make(kind, 128, 32), make(kind, 128, 32)
     x = torch.randn(4, 128)
-    q(x)  # builds the cache for the old weights
-    q.load_state_dict(other.state_dict())  # copies in place: the version counters move
+    q(x)
+    q.load_state_dict(other.state_dict())  # what loaders do
     assert torch.equal(q(x), other(x))
-    q.qweight = other.qweight.clone()  # a replaced buffer: a new storage
-    assert torch.equal(q(x), other(x))
-    with torch.no_grad():
-        q.scale.mul_(2)
+    q.qweight = make(kind, 128, 32).qweight  # an assigned tensor repacks
+    assert not torch.equal(q(x), other(x))
+    q.set_weight(other.qweight, other.scale * 2, other.zero_point)
     assert torch.allclose(q(x) - q.bias, 2 * (other(x) - other.bias), rtol=1e-5, atol=1e-5)
+    with K.use_backend("reference"):  # both paths read the same packed bytes
+        assert torch.allclose(q(x) - q.bias, 2 * (other(x) - other.bias), rtol=1e-2, atol=1e-3)
+    # The canonical attributes are computed copies: a write to them would be lost, so it raises.
+    for write in (lambda: q.scale.mul_(2), lambda: q.scale.data.mul_(2), lambda: q.scale.data.copy_(other.scale),
+                  lambda: q.zero_point.__setitem__(0, 3), lambda: q.qweight.zero_(),
+                  lambda: torch.mul(q.scale, 2, out=q.scale)):
+        with pytest.raises(RuntimeError, match=r"computed from the packed weight .*set_weight"):
+            with torch.no_grad():
+                write()
+    assert not q.scale.numpy().flags.writeable
+    assert type(q.scale * 2) is torch.Tensor  # arithmetic on them gives plain tensors
+    # A write into the module's own tensor, packed, is seen by the next forward of every path.
+    before = q(x)
+    with torch.no_grad():
+        q.packed.copy_(other.packed)
+    assert torch.equal(q(x), other(x)) and not torch.equal(q(x), before)
 
 
 def test_a_quantized_model_runs_the_fast_path_end_to_end():
@@ -129,7 +144,6 @@ def test_a_quantized_model_runs_the_fast_path_end_to_end():
             fast = qmodel(x)
             with K.use_backend("reference"):
                 slow = qmodel(x)
-        assert all(m.packed_bytes() > 0 for m in qmodel.modules() if hasattr(m, "packed_bytes"))
         assert cosine(fast, slow) > 0.9999
 
 

@@ -34,7 +34,8 @@ def test_buffers_attributes_and_forward(backend):
     assert q.scale.dtype == torch.float16 and q.scale.shape == (48, 4)
     assert q.zero_point.dtype == torch.uint8 and bool((q.zero_point == 8).all())
     assert torch.equal(q.bias, linear.bias.detach())
-    assert set(dict(q.named_buffers())) == {"qweight", "scale", "zero_point", "bias"}
+    assert set(dict(q.named_buffers())) == {"packed", "bias"}
+    assert list(q.state_dict()) == ["qweight", "scale", "zero_point", "bias"]
     expected = K.int4_quantize(linear.weight, 64, True, K.INT4_DEFAULT_SCALE_METHOD)
     for got, want in zip((q.qweight, q.scale, q.zero_point), expected, strict=True):
         assert torch.equal(got, want)

@@ -14,7 +14,7 @@ from mono_quant import ValidationError, ValidationReport, dynamic_quantize, regi
 from mono_quant.schemes import Int8Scheme, registry
 from mono_quant.validate import CHECKS, meta_skeleton, validate_file
 
-from helpers import assert_same_snapshot, make_cnn, make_mlp, snapshot
+from helpers import assert_same_snapshot, make_cnn, make_mlp, poke_packed, snapshot
 from io_helpers import TiedLM
 
 
@@ -66,9 +66,8 @@ def test_failures_name_the_problem():
     report = validate(model, qmodel, min_sqnr_db=100.0)
     assert not report.passed and [c.name for c in report.failures] == ["sqnr"]
     assert report.checks["sqnr"].message.startswith("2 layer(s) below 100 dB: ")
-    with torch.no_grad():
-        qmodel[0].scale[3] = -1.0
-        qmodel[3].zero_point[0] = 999
+    poke_packed(qmodel[0], "scale", (3,), -1.0)
+    poke_packed(qmodel[3], "zero_point", (0,), 999)
     report = validate(model, qmodel)
     assert report.checks["range"].message == (
         "0: scale has 1 value(s) <= 0 (min -1); 3: zero_point has values in [0, 999], outside [-128, 127]")
@@ -134,8 +133,7 @@ class _BrokenScheme(Int8Scheme):
 
     def convert_module(self, name, module):
         quantized, record = super().convert_module(name, module)
-        with torch.no_grad():
-            quantized.scale[0] = -quantized.scale[0]
+        poke_packed(quantized, "scale", (0,), -float(quantized.scale[0]))
         return quantized, record
 
 
@@ -156,9 +154,9 @@ def test_dynamic_quantize_validates_by_default():
 
 
 def test_on_failure_warn_is_the_default(broken):
-    with pytest.warns(RuntimeWarning, match="validation failed: range check failed: 0: scale has 1 value"):
+    with pytest.warns(RuntimeWarning, match="validation failed: .*range check failed: 0: scale has 1 value"):
         qmodel, info = dynamic_quantize(make_mlp(), broken)
-    assert not info.validation.passed and info.warnings[-1].startswith("validation failed: range check failed")
+    assert not info.validation.passed and "range check failed: 0: scale has 1 value" in info.warnings[-1]
     assert isinstance(qmodel, nn.Module)
 
 
@@ -231,6 +229,5 @@ def test_int4_models_are_checked():
     report = validate(model, qmodel, torch.randn(2, 64))
     assert report.passed, report
     assert 15 < min(report.layer_sqnr.values()) < 30  # int4 territory
-    with torch.no_grad():
-        qmodel[0].zero_point[0, 0] = 20
+    poke_packed(qmodel[0], "zero_point", (0, 0), 20)
     assert validate(model, qmodel).checks["range"].message == "0: zero_point has values in [8, 20], outside [0, 15]"

@@ -173,6 +173,19 @@ def check_range(name: str, tensor: torch.Tensor, low: int, high: int) -> list[st
     return []
 
 
+def fill_layer(layer: nn.Module, module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> nn.Module:
+    """``layer`` holding ``tensors`` (by module tensor name) with ``module``'s training flag.
+    A packed Linear layer takes its weight through ``set_weight`` (packed once; the file's
+    canonical tensors are not kept), other layers hold the tensors as their buffers."""
+    rest = dict(tensors)
+    if hasattr(layer, "set_weight"):
+        layer.set_weight(rest.pop("qweight"), rest.pop("scale"), rest.pop("zero_point"))
+    for name, tensor in rest.items():
+        setattr(layer, name, tensor)
+    layer.train(module.training)
+    return layer
+
+
 def numel(shape) -> int:
     return math.prod(shape)
 

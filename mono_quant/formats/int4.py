@@ -15,7 +15,7 @@ from torch import nn
 
 from .. import _kernels as K
 from ..nn.qlinear_int4 import QuantizedLinearInt4
-from .base import FLOAT_DTYPES, Expected, LayerFormat, check_range, check_scale, require
+from .base import FLOAT_DTYPES, Expected, LayerFormat, check_range, check_scale, fill_layer, require
 from .int8 import INT8_STATE_KEYS
 
 INT4_ZERO_POINT_MAX = 15
@@ -100,10 +100,7 @@ class Int4LinearFormat(LayerFormat):
             module.in_features, module.out_features, params["bias"], group_size=params["group_size"],
             symmetric=params["symmetric"], device="meta",
         )
-        for name, tensor in tensors.items():
-            setattr(layer, name, tensor)
-        layer.train(module.training)
-        return layer
+        return fill_layer(layer, module, tensors)
 
     def dequantize(self, params: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return K.int4_dequantize(tensors["qweight"], tensors["scale"], tensors["zero_point"], params["group_size"],

@@ -16,7 +16,7 @@ from torch import nn
 from .._int8 import dequantize_weight_int8, int8_qdtype
 from .._reference import INT8_RANGES
 from ..nn import QuantizedConv2d, QuantizedLinear
-from .base import FLOAT_DTYPES, Expected, LayerFormat, check_range, check_scale, require
+from .base import FLOAT_DTYPES, Expected, LayerFormat, check_range, check_scale, fill_layer, require
 
 INT8_STATE_KEYS = {"qweight": "weight", "scale": "weight_scale", "zero_point": "weight_zero_point"}
 _CONV_FIELDS = ("stride", "padding", "dilation", "groups", "padding_mode")
@@ -31,11 +31,14 @@ class _Int8Format(LayerFormat):
 
     def params(self, module: nn.Module) -> dict[str, Any]:
         return {
-            "original_shape": list(module.qweight.shape),
+            "original_shape": self._weight_shape(module),
             "bias": module.bias is not None,
-            "symmetric": module.qweight.dtype == torch.int8,
+            "symmetric": bool(module.symmetric),
             "per_channel": bool(module.per_channel),
         }
+
+    def _weight_shape(self, module: nn.Module) -> list[int]:
+        return list(module.qweight.shape)
 
     def params_from_state(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any] | None:
         q, scale, zp = (tensors.get(k) for k in ("qweight", "scale", "zero_point"))
@@ -90,10 +93,7 @@ class _Int8Format(LayerFormat):
         return {"symmetric": params["symmetric"], "per_channel": params.get("per_channel", True), "device": "meta"}
 
     def _fill(self, layer: nn.Module, module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> nn.Module:
-        for name, tensor in tensors.items():
-            setattr(layer, name, tensor)
-        layer.train(module.training)
-        return layer
+        return fill_layer(layer, module, tensors)
 
     @staticmethod
     def _bias_mismatch(params: Mapping[str, Any], module: nn.Module) -> str | None:
@@ -113,6 +113,9 @@ class Int8LinearFormat(_Int8Format):
     module_type = QuantizedLinear
     float_types = (nn.Linear,)
     rank = 2
+
+    def _weight_shape(self, module: nn.Module) -> list[int]:
+        return [module.out_features, module.in_features]  # read from packed storage, qweight would unpack
 
     def skeleton_mismatch(self, params: Mapping[str, Any], module: nn.Module) -> str | None:
         shape = [module.out_features, module.in_features]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._int8 import dequantize_weight_int8, int8_qdtype, quantize_weight_int8
+from .. import _ops  # noqa: F401  (registers torch.ops.mono_quant)
+from .._int8 import int8_qdtype, quantize_weight_int8
 
 
 class Int8WeightMixin:
@@ -59,7 +60,12 @@ class Int8WeightMixin:
         >>> layer.dequantized_weight().shape == layer.qweight.shape
         True
         """
-        return dequantize_weight_int8(self.qweight, self.scale, self.zero_point, dtype)
+        return torch.ops.mono_quant.dequantize_int8(self.qweight, self.scale, self.zero_point, dtype)
+
+    def storage_bytes(self) -> int:
+        """Bytes of the layer's tensors (the file layout, held as it is), for size reports."""
+        tensors = (self.qweight, self.scale, self.zero_point, self.bias)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def _bias_as(self, dtype: torch.dtype) -> torch.Tensor | None:
         return None if self.bias is None else self.bias.to(dtype)

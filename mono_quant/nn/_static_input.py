@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .. import _kernels as K
+from .. import _ops  # noqa: F401  (registers torch.ops.mono_quant)
 from .._int8 import int8_qdtype
 
 
@@ -59,9 +60,8 @@ class StaticInputMixin:
     def fake_quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` after a quantize-dequantize round trip, in ``x``'s dtype: the values the
         quantized layer actually sees."""
-        q = self.quantize_input(x)
-        out_dtype = x.dtype if x.dtype in K.C_FLOAT_DTYPES else torch.float32
-        return K.dequantize(q, self.input_scale, self.input_zero_point, axis=None, out_dtype=out_dtype).to(x.dtype)
+        return torch.ops.mono_quant.fake_quantize_per_tensor(x, self.input_scale, self.input_zero_point,
+                                                             self.activation_symmetric)
 
     def _input_repr(self) -> str:
         qdtype = str(self.input_qdtype).removeprefix("torch.")

@@ -6,24 +6,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _kernels as K
+from .. import _ops  # noqa: F401  (registers torch.ops.mono_quant)
+from .. import _reference as ref
+from .._int8 import int8_qdtype, quantize_weight_int8
 from ..config import QuantizationConfig
-from .. import _kernels
-from ._int8_weight import Int8WeightMixin, check_int8_config
-from ._packed_forward import PackedForwardMixin
+from ._int8_weight import check_int8_config
+from ._packed_weight import PackedLinearMixin, check_canonical_tensors
 
 
-class QuantizedLinear(PackedForwardMixin, Int8WeightMixin, nn.Module):
+class QuantizedLinear(PackedLinearMixin, nn.Module):
     """Linear layer with an INT8 weight, one scale and zero point per output feature.
 
-    Buffers: ``qweight`` int8 (symmetric) or uint8 (asymmetric) ``[out, in]``, ``scale``
-    float32 ``[out]``, ``zero_point`` int32 ``[out]`` (0 for int8; per-tensor quantization
-    repeats its one scale over all rows), ``bias`` float ``[out]`` or None.
+    The weight is held once, in the C kernel's packed layout (the buffer ``packed``, about
+    ``out * in`` bytes plus 8 per output row). ``qweight`` int8 (symmetric) or uint8
+    (asymmetric) ``[out, in]``, ``scale`` float32 ``[out]`` and ``zero_point`` int32 ``[out]``
+    (0 for int8; per-tensor quantization repeats its one scale over all rows) are the file
+    layout: ``state_dict()`` holds them, ``load_state_dict()`` / ``set_weight()`` take them,
+    and the attributes of those names are read-only copies (see ``_packed_weight``). ``bias``
+    is a float buffer ``[out]`` or None.
 
-    ``forward`` on the CPU runs the C kernel: the weight is repacked once (an in-memory copy
-    the size of ``qweight``, see ``packed_weight``), the input is quantized to int8 in blocks
-    of 32 and multiplied with integer dot products; the result differs from float math only
-    by that activation rounding. Elsewhere (CUDA, or when the input needs a gradient) it
-    dequantizes the weight and calls ``F.linear``, so autograd flows to the input.
+    ``forward`` calls the operator ``torch.ops.mono_quant.linear_int8``: on the CPU the C kernel
+    quantizes the input to int8 in blocks of 32 and multiplies with integer dot products (the
+    result differs from float math only by that activation rounding); elsewhere (CUDA, float64,
+    ``use_backend("reference")``) it dequantizes the weight and calls ``F.linear``. An input
+    that needs a gradient takes the float path, so autograd flows to the input.
 
     >>> qlinear = QuantizedLinear.from_float(nn.Linear(64, 32))
     >>> qlinear(torch.randn(8, 64)).shape
@@ -48,7 +55,15 @@ class QuantizedLinear(PackedForwardMixin, Int8WeightMixin, nn.Module):
             )
         self.in_features = int(in_features)
         self.out_features = int(out_features)
-        self._init_int8((self.out_features, self.in_features), bias, symmetric, per_channel, device, bias_dtype)
+        self.symmetric = bool(symmetric)
+        self.per_channel = bool(per_channel)
+        n, qdtype = self.out_features, int8_qdtype(self.symmetric)
+        self._init_packed({
+            "qweight": torch.zeros(n, self.in_features, dtype=qdtype, device=device),
+            "scale": torch.ones(n, dtype=torch.float32, device=device),
+            "zero_point": torch.full((n,), 0 if self.symmetric else 128, dtype=torch.int32, device=device),
+        }, device)
+        self.register_buffer("bias", torch.zeros(n, dtype=bias_dtype, device=device) if bias else None)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, config: QuantizationConfig | None = None) -> QuantizedLinear:
@@ -62,31 +77,69 @@ class QuantizedLinear(PackedForwardMixin, Int8WeightMixin, nn.Module):
         check_int8_config(cls.__name__, config)
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_float needs an nn.Linear; got {type(linear).__name__}")
-        weight = linear.weight
-        bias = linear.bias
+        weight, bias = linear.weight, linear.bias
         layer = cls(
             linear.in_features,
             linear.out_features,
             bias is not None,
             symmetric=config.symmetric,
             per_channel=config.per_channel,
-            device=weight.device,
+            device="meta",
             bias_dtype=weight.dtype if bias is None else bias.dtype,
         )
-        layer._load_float(weight, bias)
+        q, scale, zp = quantize_weight_int8(weight, symmetric=config.symmetric, per_channel=config.per_channel)
+        layer.set_weight(q, scale, zp)
+        layer.bias = None if bias is None else bias.detach().clone()
         layer.train(linear.training)
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.uses_fast_path(x):
-            return self._plan()(x)
-        return F.linear(x, self.dequantized_weight(x.dtype), self._bias_as(x.dtype))
+        if x.requires_grad and torch.is_grad_enabled():
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            return F.linear(x, self.dequantized_weight(x.dtype), bias)
+        return torch.ops.mono_quant.linear_int8(x, self.packed, self.out_features, self.in_features, self.bias)
 
-    def _plan_args(self) -> tuple[torch.Tensor, int]:
-        return _kernels.pack_linear_int8(self.qweight, self.scale, self.zero_point), 0
+    def uses_fast_path(self, x: torch.Tensor) -> bool:
+        """True when ``forward(x)`` runs the C kernel rather than dequantize + ``F.linear``.
+
+        >>> layer.uses_fast_path(torch.randn(2, layer.in_features, requires_grad=True))
+        False
+        """
+        return not (x.requires_grad and torch.is_grad_enabled()) and K.linear_packed_uses_c(x, self.packed)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The float weight ``(qweight - zero_point) * scale`` the module computes with.
+
+        >>> layer.dequantized_weight().shape == (layer.out_features, layer.in_features)
+        True
+        """
+        return torch.ops.mono_quant.dequantize_linear(self.packed, self.out_features, self.in_features, 0, dtype)
+
+    # ---- the packed storage (PackedLinearMixin) -------------------------------------------
+    def _packed_size(self) -> int:
+        return ref.linear_int8_packed_size(self.out_features, self.in_features)
+
+    def _canonical_shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        n, k = self.out_features, self.in_features
+        return {"qweight": ((n, k), int8_qdtype(self.symmetric)), "scale": ((n,), torch.float32),
+                "zero_point": ((n,), torch.int32)}
+
+    def _pack(self, qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+        return K.pack_linear_int8(qweight, scale, zero_point)
+
+    def _canonical_from_packed(self) -> dict[str, torch.Tensor]:
+        w, scale, zero = ref.unpack_linear_int8(self.packed, self.out_features, self.in_features)
+        center = 0 if self.symmetric else 128
+        return {"qweight": (w + center).to(int8_qdtype(self.symmetric)), "scale": scale.clone(),
+                "zero_point": zero + center}
+
+    def _check_canonical(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return check_canonical_tensors(type(self).__name__, tensors, self._canonical_shapes())
 
     def extra_repr(self) -> str:
+        granularity = "per_channel" if self.per_channel else "per_tensor"
+        qdtype = str(int8_qdtype(self.symmetric)).removeprefix("torch.")
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, {self._int8_repr()}"
+            f"bias={self.bias is not None}, qdtype={qdtype}, {granularity}"
         )

@@ -7,25 +7,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _kernels
-from ._packed_forward import PackedForwardMixin
+from .. import _ops  # noqa: F401  (registers torch.ops.mono_quant)
+from .. import _reference as ref
+from ._packed_weight import PackedLinearMixin, check_canonical_tensors
 
 
-class QuantizedLinearInt4(PackedForwardMixin, nn.Module):
+class QuantizedLinearInt4(PackedLinearMixin, nn.Module):
     """Linear layer with an INT4 weight, one fp16 scale and zero point per group of
     ``group_size`` consecutive input features (format in ``docs/design.md``).
 
-    Buffers: ``qweight`` uint8 ``[out, in // 2]`` (two weights per byte, even input index in
-    the low nibble), ``scale`` float16 ``[out, in // group_size]``, ``zero_point`` uint8
-    ``[out, in // group_size]`` (8 when symmetric), ``bias`` float ``[out]`` or None.
+    The weight is held once, in the C kernel's packed layout (the buffer ``packed``: half a
+    byte per weight plus 64 bytes per 16 rows x group). The file layout, which ``state_dict()``
+    holds and ``load_state_dict()`` / ``set_weight()`` take: ``qweight`` uint8 ``[out, in // 2]``
+    (two weights per byte, even input index in the low nibble), ``scale`` float16
+    ``[out, in // group_size]``, ``zero_point`` uint8 ``[out, in // group_size]`` (8 when
+    symmetric); the attributes of those names are read-only copies (see ``_packed_weight``).
+    ``bias`` is a float buffer ``[out]`` or None.
 
-    ``forward`` on the CPU runs the C kernel on a repacked in-memory copy of the weight
-    (about the size of ``qweight`` plus scales, see ``packed_weight``) with the input
-    quantized to int8 in blocks of 32; the result differs from float math only by that
-    activation rounding. Elsewhere (CUDA, or when the input needs a gradient) it dequantizes
-    the weight and calls ``F.linear``, so autograd flows to the input.
+    ``forward`` calls ``torch.ops.mono_quant.linear_int4``: on the CPU the C kernel with the
+    input quantized to int8 in blocks of 32 (the result differs from float math only by that
+    activation rounding); elsewhere (CUDA, float64, the reference backend) it dequantizes the
+    weight and calls ``F.linear``. An input that needs a gradient takes the float path.
 
-    Casting the module (``.float()``, ``.half()``, ``.bfloat16()``) casts the bias only: the
-    scales stay float16, as the format stores them.
+    Casting the module (``.float()``, ``.half()``, ``.bfloat16()``) casts the bias only.
 
     >>> qlinear = QuantizedLinearInt4.from_float(nn.Linear(256, 64), group_size=128)
     >>> qlinear(torch.randn(8, 256)).shape
@@ -61,13 +65,11 @@ class QuantizedLinearInt4(PackedForwardMixin, nn.Module):
         self.symmetric = bool(symmetric)
         groups = self.in_features // self.group_size
         zero = 8 if self.symmetric else 0
-        self.register_buffer(
-            "qweight", torch.full((out_features, in_features // 2), zero * 0x11, dtype=torch.uint8, device=device)
-        )
-        self.register_buffer("scale", torch.ones(out_features, groups, dtype=torch.float16, device=device))
-        self.register_buffer(
-            "zero_point", torch.full((out_features, groups), zero, dtype=torch.uint8, device=device)
-        )
+        self._init_packed({
+            "qweight": torch.full((out_features, in_features // 2), zero * 0x11, dtype=torch.uint8, device=device),
+            "scale": torch.ones(out_features, groups, dtype=torch.float16, device=device),
+            "zero_point": torch.full((out_features, groups), zero, dtype=torch.uint8, device=device),
+        }, device)
         self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
 
     @staticmethod
@@ -113,14 +115,11 @@ class QuantizedLinearInt4(PackedForwardMixin, nn.Module):
             bias is not None,
             group_size=group_size,
             symmetric=symmetric,
-            device=weight.device,
+            device="meta",
             bias_dtype=weight.dtype if bias is None else bias.dtype,
         )
-        layer.qweight, layer.scale, layer.zero_point = _kernels.int4_quantize(
-            weight, group_size, symmetric, scale_method
-        )
-        if bias is not None:
-            layer.bias = bias.detach().clone()
+        layer.set_weight(*_kernels.int4_quantize(weight, group_size, symmetric, scale_method))
+        layer.bias = None if bias is None else bias.detach().clone()
         layer.train(linear.training)
         return layer
 
@@ -130,38 +129,45 @@ class QuantizedLinearInt4(PackedForwardMixin, nn.Module):
         >>> layer.dequantized_weight(torch.float16).shape == (layer.out_features, layer.in_features)
         True
         """
-        return _kernels.int4_dequantize(self.qweight, self.scale, self.zero_point, self.group_size, dtype)
+        return torch.ops.mono_quant.dequantize_linear(self.packed, self.out_features, self.in_features,
+                                                      self.group_size, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.uses_fast_path(x):
-            return self._plan()(x)
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.dequantized_weight(x.dtype), bias)
+        if x.requires_grad and torch.is_grad_enabled():
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            return F.linear(x, self.dequantized_weight(x.dtype), bias)
+        return torch.ops.mono_quant.linear_int4(x, self.packed, self.out_features, self.in_features,
+                                                self.group_size, self.bias)
 
-    def _plan_args(self) -> tuple[torch.Tensor, int]:
-        packed = _kernels.pack_linear_int4(self.qweight, self.scale, self.zero_point, self.group_size)
-        return packed, self.group_size
+    def uses_fast_path(self, x: torch.Tensor) -> bool:
+        """True when ``forward(x)`` runs the C kernel rather than dequantize + ``F.linear``.
 
-    def storage_bytes(self) -> int:
-        """Bytes held by ``qweight``, ``scale``, ``zero_point`` and ``bias`` (for size reports).
-
-        >>> QuantizedLinearInt4.from_float(nn.Linear(128, 8)).storage_bytes()   # 512 + 16 + 8 + 32
-        568
+        >>> layer.uses_fast_path(torch.randn(2, layer.in_features, requires_grad=True))
+        False
         """
-        tensors = (self.qweight, self.scale, self.zero_point, self.bias)
-        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        return not (x.requires_grad and torch.is_grad_enabled()) and _kernels.linear_packed_uses_c(x, self.packed)
+
+    # ---- the packed storage (PackedLinearMixin) -------------------------------------------
+    def _packed_size(self) -> int:
+        return ref.linear_int4_packed_size(self.out_features, self.in_features, self.group_size)
+
+    def _canonical_shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        n, k, groups = self.out_features, self.in_features, self.in_features // self.group_size
+        return {"qweight": ((n, k // 2), torch.uint8), "scale": ((n, groups), torch.float16),
+                "zero_point": ((n, groups), torch.uint8)}
+
+    def _pack(self, qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+        return _kernels.pack_linear_int4(qweight, scale, zero_point, self.group_size)
+
+    def _canonical_from_packed(self) -> dict[str, torch.Tensor]:
+        u, scale, zp = ref.unpack_linear_int4(self.packed, self.out_features, self.in_features, self.group_size)
+        return {"qweight": _kernels.int4_pack(u), "scale": scale.contiguous(), "zero_point": zp.contiguous()}
+
+    def _check_canonical(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return check_canonical_tensors(type(self).__name__, tensors, self._canonical_shapes())
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, group_size={self.group_size}, symmetric={self.symmetric}"
         )
-
-    def _apply(self, fn, recurse=True):  # noqa: ANN001 (torch hook)
-        # Module-wide dtype casts (.float(), .bfloat16()) would re-round the fp16 scales;
-        # keep their dtype and follow only the device.
-        scale = self.scale
-        super()._apply(fn, recurse)
-        if self.scale.dtype != torch.float16:
-            self.scale = scale.to(device=self.scale.device)
-        return self

@@ -5,25 +5,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import _kernels as K
+from .. import _ops  # noqa: F401  (registers torch.ops.mono_quant)
 from ..config import QuantizationConfig
-from ._int8_weight import check_int8_config
+from ._int8_weight import Int8WeightMixin, check_int8_config
 from ._static_input import StaticInputMixin
-from .qlinear import QuantizedLinear
 
 
-class StaticQuantizedLinear(StaticInputMixin, QuantizedLinear):
+class StaticQuantizedLinear(StaticInputMixin, Int8WeightMixin, nn.Module):
     """Linear layer with an INT8 weight (per output channel, as ``QuantizedLinear``) and a
     statically calibrated INT8 input quantizer (one scale and zero point for the tensor).
 
-    Buffers: those of ``QuantizedLinear`` plus ``input_scale`` float32 ``[1]`` and
+    Buffers: ``qweight`` int8 / uint8 ``[out, in]``, ``scale`` float32 ``[out]``,
+    ``zero_point`` int32 ``[out]``, ``bias`` float ``[out]`` or None (the file layout, read by
+    the kernel as it is: the one copy of the weight), plus ``input_scale`` float32 ``[1]`` and
     ``input_zero_point`` int32 ``[1]``; ``activation_symmetric`` says whether inputs are int8
     (zero point 0) or uint8 (the default, asymmetric).
 
-    ``forward`` quantizes the input with the calibrated parameters (values outside the
-    calibrated range are clamped), multiplies integer by integer with an exact integer sum
-    (``_kernels.linear_static``: C on the CPU, torch elsewhere), rescales in float32, adds
-    the bias and returns the input's float dtype. It is inference only: no gradient flows.
+    ``forward`` calls ``torch.ops.mono_quant.linear_static``: it quantizes the input with the
+    calibrated parameters (values outside the calibrated range are clamped), multiplies
+    integer by integer with an exact integer sum (C on the CPU, torch elsewhere), rescales in
+    float32, adds the bias and returns the input's float dtype. Inference only: no gradient.
 
     >>> q = StaticQuantizedLinear.from_float(nn.Linear(64, 32), input_range=(-2.0, 3.5))
     >>> q(torch.randn(8, 64)).shape
@@ -42,8 +43,14 @@ class StaticQuantizedLinear(StaticInputMixin, QuantizedLinear):
         device: torch.device | str | None = None,
         bias_dtype: torch.dtype = torch.float32,
     ) -> None:
-        super().__init__(in_features, out_features, bias, symmetric=symmetric, per_channel=per_channel,
-                         device=device, bias_dtype=bias_dtype)
+        super().__init__()
+        if in_features <= 0 or out_features <= 0:
+            raise ValueError(
+                f"in_features and out_features must be positive; got {in_features} and {out_features}"
+            )
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self._init_int8((self.out_features, self.in_features), bias, symmetric, per_channel, device, bias_dtype)
         self._init_static_input(activation_symmetric, device)
 
     @classmethod
@@ -78,12 +85,13 @@ class StaticQuantizedLinear(StaticInputMixin, QuantizedLinear):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out_dtype = x.dtype if x.dtype in K.C_FLOAT_DTYPES else torch.float32
-        y = K.linear_static(
-            self.quantize_input(x), self.input_scale, self.input_zero_point,
-            self.qweight, self.scale, self.zero_point, self.bias, out_dtype,
+        return torch.ops.mono_quant.linear_static(
+            x, self.input_scale, self.input_zero_point, self.activation_symmetric,
+            self.qweight, self.scale, self.zero_point, self.bias,
         )
-        return y.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self._input_repr()}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, {self._int8_repr()}, {self._input_repr()}"
+        )

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .. import _kernels as K
-from .._int8 import dequantize_weight_int8, quantize_weight_int8
+from .._int8 import dequantize_weight_int8, int8_qdtype, quantize_weight_int8
 from .._layers import dtype_name, own_tensors, state_kind, tensor_bytes
 from ..info import LayerInfo
 from ..nn import QuantizedConv2d, QuantizedLinear
@@ -43,8 +43,8 @@ class Int8Scheme(Scheme):
             module.weight,
             quantized.dequantized_weight,
             tensor_bytes(own_tensors(module).values()),
-            tensor_bytes(own_tensors(quantized).values()),
-            quantized.qweight.dtype,
+            quantized.storage_bytes(),
+            int8_qdtype(quantized.symmetric),
             has_bias=quantized.bias is not None,
         )
 

@@ -72,7 +72,7 @@ class StaticInt8Scheme(Scheme):
             dtype=dtype_name(quantized.qweight.dtype),
             shape=tuple(weight.shape),
             bytes_before=tensor_bytes(own_tensors(module).values()),
-            bytes_after=tensor_bytes(own_tensors(quantized).values()),
+            bytes_after=quantized.storage_bytes(),
             sqnr_db=None,  # static_quantize fills in the output SQNR on the held-back batch
             details={
                 "per_channel": cfg.per_channel,
