@@ -26,6 +26,14 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(nn.functional.cosine_similarity(a.detach().flatten().double(), b.detach().flatten().double(), dim=0))
 
 
+class SharedLog(list):
+    """A list that deep copies of the module holding it share (they append to this one):
+    ``calibrate`` and ``validate`` run copies of the models passed in."""
+
+    def __deepcopy__(self, memo):
+        return self
+
+
 def snapshot(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[tuple[str, type]], bool]:
     """Everything a caller could notice changing: tensors, module types, training flag."""
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
