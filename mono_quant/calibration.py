@@ -2,10 +2,12 @@
 static quantization would convert.
 
 Observers (``mono_quant.observers``) attach as forward pre-hooks on those layers and see
-each input tensor. The model runs in eval mode under ``torch.no_grad()``; afterwards, also
-when the data or the model raises, every hook is removed and every module's training flag
-is what it was. One batch after the calibration samples is held back (not observed):
-``static_quantize`` measures each converted layer's output SQNR on it.
+each input tensor. ``calibrate`` runs a deep copy of the caller's model, so nothing a forward
+changes (a buffer it updates, an attribute it sets) reaches the caller's model; the copy runs
+in eval mode under ``torch.no_grad()``, and afterwards, also when the data or the model
+raises, every hook is removed and every module's training flag is what it was. One batch
+after the calibration samples is held back (not observed): ``static_quantize`` measures each
+converted layer's output SQNR on it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import nn
 from . import _kernels as K
 from ._calib_data import Batch, expected_samples, iter_batches, progress_bar
 from ._layers import own_tensors
+from ._working_copy import inference, working_copy
 from .config import QuantizationConfig
 from .observers import Observer, get_observer
 from .schemes.static_int8 import StaticInt8Scheme
@@ -111,7 +114,8 @@ def calibrate(
     **options: Any,
 ) -> CalibrationStats:
     """Run ``model`` on ``calib_data`` and return the input range of every layer that
-    ``static_quantize`` with the same options would convert. The model is not changed.
+    ``static_quantize`` with the same options would convert. ``model`` is not changed: a deep
+    copy of it runs (in eval mode, without gradients).
 
     ``calib_data``: a DataLoader or any iterable of batches (tensors, ``(input, target)``
     tuples, dicts of keyword arguments), or one tensor / dict. ``num_samples`` (default 150)
@@ -122,9 +126,12 @@ def calibrate(
     >>> stats = calibrate(model, loader, observer="percentile", num_samples=256)
     >>> stats.layers["fc1"].range
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"calibrate needs an nn.Module (it runs the model); got {type(model).__name__}")
     cfg = static_config(config, options)
-    layers, skipped = select_layers(model, cfg)
-    return run_calibration(model, calib_data, layers, cfg, progress, skipped)
+    root = working_copy(model, "calibrate")  # a forward may change the model it runs, even in eval mode
+    layers, skipped = select_layers(root, cfg)
+    return run_calibration(root, calib_data, layers, cfg, progress, skipped)
 
 
 def static_config(config: Any, options: Mapping[str, Any]) -> QuantizationConfig:
@@ -260,20 +267,6 @@ def layer_input(name: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> 
             "calibration needs a floating-point tensor input"
         )
     return x.detach()
-
-
-@contextlib.contextmanager
-def inference(model: nn.Module) -> Iterator[None]:
-    """``model`` in eval mode under ``torch.no_grad()``; each module's training flag is put
-    back afterwards, also on error."""
-    flags = [(module, module.training) for module in model.modules()]
-    try:
-        model.eval()
-        with torch.no_grad():
-            yield
-    finally:
-        for module, flag in flags:
-            module.training = flag
 
 
 @contextlib.contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -11,6 +10,7 @@ import torch
 from torch import nn
 
 from ._layers import own_tensors, skipped_layer
+from ._working_copy import working_copy
 from .config import QuantizationConfig
 from .info import QuantizationInfo
 from .schemes.base import Scheme
@@ -64,7 +64,7 @@ def dynamic_quantize(
 
 def _quantize_module(model: nn.Module, scheme: Scheme, info: QuantizationInfo) -> nn.Module:
     """Convert a deep copy of ``model`` layer by layer; the copy is returned."""
-    root = _copy(model)
+    root = working_copy(model, "dynamic_quantize", " or pass its state_dict() instead")
     slots = _parent_slots(root)
     owners = parameter_owners(root)
     with torch.no_grad():
@@ -85,17 +85,6 @@ def _quantize_module(model: nn.Module, scheme: Scheme, info: QuantizationInfo) -
                     root = new
             info.add(record)
     return root
-
-
-def _copy(model: nn.Module) -> nn.Module:
-    try:
-        return copy.deepcopy(model)
-    except Exception as exc:
-        raise TypeError(
-            f"could not copy the model ({type(exc).__name__}: {exc}); dynamic_quantize works on "
-            "a deep copy so that your model stays untouched; make the model deep-copyable "
-            "or pass its state_dict() instead"
-        ) from exc
 
 
 def _parent_slots(root: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 from collections.abc import Mapping
@@ -14,10 +13,10 @@ from torch import nn
 from . import _kernels as K
 from ._calib_data import Batch
 from ._layers import own_tensors, skipped_layer
+from ._working_copy import inference, working_copy
 from .calibration import (
     CalibrationStats,
     forward_hooks,
-    inference,
     layer_input,
     run_calibration,
     select_layers,
@@ -55,7 +54,7 @@ def static_quantize(
     if not isinstance(model, nn.Module):
         raise TypeError(f"static_quantize needs an nn.Module (it runs the model); got {type(model).__name__}")
     cfg = static_config(config, options)
-    root = _copy(model)
+    root = working_copy(model, "static_quantize")
     layers, skipped = select_layers(root, cfg)
     if isinstance(calib_data, CalibrationStats):
         stats = calib_data
@@ -129,16 +128,6 @@ def _uncalibrated(name: str, stats: CalibrationStats) -> str:
     if name in stats.never_called:
         return "never called during calibration, so its inputs have no range; it stays float"
     return "has no range in the CalibrationStats passed (calibrated with other options?); it stays float"
-
-
-def _copy(model: nn.Module) -> nn.Module:
-    try:
-        return copy.deepcopy(model)
-    except Exception as exc:
-        raise TypeError(
-            f"could not copy the model ({type(exc).__name__}: {exc}); static_quantize works on a "
-            "deep copy so that your model stays untouched; make the model deep-copyable"
-        ) from exc
 
 
 def _swap(root: nn.Module, replacements: Mapping[str, nn.Module]) -> nn.Module:

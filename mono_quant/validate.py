@@ -3,13 +3,16 @@
 - ``sqnr``:  each quantized layer's weight SQNR against the original is at least ``min_sqnr_db``.
 - ``size``:  the quantized tensors take no more bytes than the original ones.
 - ``load``:  the model survives ``save_quantized`` + ``load_quantized`` exactly: on
-             ``sample_input`` the outputs are equal bit for bit; without one, the loaded
-             state (keys, dtypes, values) and module types are compared (no forward pass).
+             ``sample_input`` the outputs are equal bit for bit (a copy of the quantized
+             model and the loaded one each run once, in eval mode under no_grad); without
+             one, the loaded state (keys, dtypes, values) and module types are compared.
 - ``range``: quantized values lie in their format's range, zero points too, scales are finite
              and positive, and cast (fp16) tensors are finite.
 
 ``dynamic_quantize`` runs them at the end (config ``validate=True``, ``on_failure="warn"``),
 reusing the SQNR it measured, so the extra cost is one save and load of the quantized model.
+Neither model passed in is changed, also when a check raises: no forward runs on them, and
+nothing else writes to them.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from torch import nn
 
 from . import _kernels as K
 from ._file_metadata import FLOAT_NAMES
+from ._working_copy import inference, working_copy
 from .errors import CorruptFileError, ValidationError
 from .formats import format_for_module, format_for_state
 from .info import QuantizationInfo, format_bytes, format_sqnr
@@ -104,8 +108,9 @@ def validate(
 ) -> ValidationReport:
     """Check ``quantized`` (a model or state_dict from ``dynamic_quantize``) against
     ``original``. ``sample_input`` (a tensor, a tuple of arguments or a dict of keyword
-    arguments) makes the load check compare outputs; ``info`` supplies SQNRs already measured;
-    ``checks`` picks a subset of "sqnr", "size", "load", "range". Neither model is changed.
+    arguments) makes the load check compare outputs of a copy of ``quantized`` and of the
+    reloaded model, both in eval mode; ``info`` supplies SQNRs already measured; ``checks``
+    picks a subset of "sqnr", "size", "load", "range". Neither model is changed.
 
     >>> report = validate(model, qmodel, torch.randn(1, 64))
     >>> print(report)
@@ -408,6 +413,11 @@ def _check_load(original: ModelOrState, quantized: ModelOrState, sample_input: A
     state = quantized.state_dict() if isinstance(quantized, nn.Module) else quantized
     if any(isinstance(t, torch.Tensor) and t.is_meta for t in state.values()):
         return CheckResult("load", "skipped", "the quantized model has tensors on the meta device")
+    compare_outputs = isinstance(quantized, nn.Module) and sample_input is not None
+    if compare_outputs:
+        # A copy runs: a forward may change the model it runs even in eval mode (a buffer it
+        # updates, a cache). Run before loading, so at most two models are in memory at once.
+        expected = _run(working_copy(quantized, "validate", " or leave sample_input out"), sample_input)
     suffix = ".safetensors" if _has_safetensors() else ".pt"
     with tempfile.TemporaryDirectory(prefix="mono_quant_validate_") as folder:
         path = os.path.join(folder, "model" + suffix)
@@ -419,9 +429,9 @@ def _check_load(original: ModelOrState, quantized: ModelOrState, sample_input: A
                 loaded, _ = load_quantized(path)
         except (ValueError, TypeError, RuntimeError, OSError) as exc:
             return CheckResult("load", "failed", f"save + load ({suffix}) raised {type(exc).__name__}: {exc}")
-    if isinstance(quantized, nn.Module) and sample_input is not None:
+    if compare_outputs:
         device = next((t.device for t in state.values()), torch.device("cpu"))
-        problem = _same_output(_run(quantized, sample_input), _run(loaded.to(device), sample_input), "output")
+        problem = _same_output(expected, _run(loaded.to(device), sample_input), "output")
         what = "outputs on the sample input are identical after save + load"
     else:
         problem = _same_state(quantized, loaded)
@@ -444,13 +454,47 @@ def meta_skeleton(model: nn.Module) -> nn.Module:
 
 
 def _run(model: nn.Module, sample_input: Any) -> Any:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # dropout in training mode draws the same masks for both runs
-        if isinstance(sample_input, tuple):
-            return model(*sample_input)
-        if isinstance(sample_input, Mapping):
-            return model(**sample_input)
-        return model(sample_input)
+    """One forward of ``model`` (validate's own copy) in eval mode under no_grad, on a copy of
+    ``sample_input`` (a forward may write to its input, which must not reach the caller or the
+    next run). The random generators of the CPU and of the CUDA devices in use are seeded
+    alike for every run and put back afterwards; no other generator is touched."""
+    args = _fresh(sample_input)
+    tensors = [*model.parameters(), *model.buffers(), *_tensors_in(args)]
+    cuda = sorted({t.device.index for t in tensors if t.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda), inference(model):
+        torch.default_generator.manual_seed(0)  # a forward that draws random numbers draws the same ones
+        for index in cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(0)
+        if isinstance(args, tuple):
+            return model(*args)
+        if isinstance(args, Mapping):
+            return model(**args)
+        return model(args)
+
+
+def _fresh(value: Any) -> Any:
+    """``value`` with every tensor in it (also inside tuples, lists and dicts) cloned."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, list):
+        return [_fresh(v) for v in value]
+    if isinstance(value, tuple):
+        items = [_fresh(v) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)  # namedtuples stay
+    if isinstance(value, Mapping):
+        return {k: _fresh(v) for k, v in value.items()}
+    return value
+
+
+def _tensors_in(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors_in(v)]
+    if isinstance(value, Mapping):
+        return [t for v in value.values() for t in _tensors_in(v)]
+    return []
 
 
 def _same_output(a: Any, b: Any, where: str) -> str | None:

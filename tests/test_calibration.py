@@ -14,19 +14,21 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mono_quant import CalibrationStats, calibrate
 from mono_quant._calib_data import Batch
+from mono_quant.calibration import run_calibration, select_layers, static_config
 
-from helpers import assert_same_snapshot, snapshot
+from helpers import SharedLog, assert_same_snapshot, snapshot
 
 
 class Recorder(nn.Module):
-    """Two Linear layers; remembers the rows, training flag and grad mode of each call."""
+    """Two Linear layers; remembers the rows, training flag and grad mode of each call (of
+    the model or of any copy of it)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.fc1 = nn.Linear(16, 32)
         self.act = nn.ReLU()
         self.fc2 = nn.Linear(32, 8)
-        self.calls: list[tuple[int, bool, bool]] = []
+        self.calls: list[tuple[int, bool, bool]] = SharedLog()
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         self.calls.append((x.shape[0], self.training, torch.is_grad_enabled()))
@@ -142,7 +144,7 @@ def test_runs_in_eval_without_grad_and_restores_flags():
     model.fc2.eval()  # mixed flags come back exactly
     before = snapshot(model)
     cal(model, batches(2))
-    assert all(not training and not grad for _, training, grad in model.calls)
+    assert len(model.calls) == 2 and all(not training and not grad for _, training, grad in model.calls)
     assert model.training and model.fc1.training and not model.fc2.training
     assert no_hooks(model)
     assert_same_snapshot(before, snapshot(model))
@@ -162,6 +164,60 @@ def test_hooks_and_flags_are_restored_on_error():
         cal(model, batches(5))
     assert no_hooks(model) and model.training and model.fc1.training
     assert_same_snapshot(before, snapshot(model))
+
+
+def test_run_calibration_cleans_up_the_model_it_ran_on_error():
+    # calibrate runs a copy, but static_quantize returns the copy it calibrated: it must come back clean
+    model = FailsOnThirdBatch().train()
+    cfg = static_config(None, {"min_params": 0})
+    layers, _ = select_layers(model, cfg)
+    with pytest.raises(RuntimeError, match="boom on batch 3"):
+        run_calibration(model, batches(5), layers, cfg, progress=False)
+    assert no_hooks(model) and model.training and model.fc1.training
+
+
+class Counting(Recorder):
+    """Updates a buffer and an attribute on every call, in any mode, and has hooks of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long))
+        self.last_rows = 0
+        self.fc1.register_forward_pre_hook(_observe)
+        self.fc2.register_forward_hook(_observe)
+
+    def forward(self, x, scale=None):
+        self.seen += 1
+        self.last_rows = x.shape[0]
+        return super().forward(x, scale)
+
+
+def _observe(module, *args):
+    return None
+
+
+def test_the_callers_model_is_left_exactly_as_it_was():
+    model = Counting().train()
+    model.fc2.weight.requires_grad_(False)
+    before = snapshot(model)
+    stats = cal(model, batches(3))
+    assert stats.num_batches == 3 and len(model.calls) == 3  # it ran, on a copy
+    assert int(model.seen) == 0 and model.last_rows == 0
+    assert_same_snapshot(before, snapshot(model))
+
+
+class Uncopyable(Recorder):
+    def __deepcopy__(self, memo):
+        raise RuntimeError("holds a socket")
+
+
+@pytest.mark.parametrize("model, message", [
+    (Uncopyable(), r"could not copy the model \(RuntimeError: holds a socket\); calibrate works on a deep copy"),
+    (Recorder().state_dict(), "calibrate needs an nn.Module .*got OrderedDict"),
+])
+def test_models_calibrate_cannot_run(model, message):
+    with pytest.raises(TypeError, match=message):
+        cal(model, batches(1))
 
 
 def test_errors_in_the_data_also_restore():

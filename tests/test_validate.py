@@ -14,7 +14,7 @@ from mono_quant import ValidationError, ValidationReport, dynamic_quantize, regi
 from mono_quant.schemes import Int8Scheme, registry
 from mono_quant.validate import CHECKS, meta_skeleton, validate_file
 
-from helpers import assert_same_snapshot, make_cnn, make_mlp, poke_packed, snapshot
+from helpers import SharedLog, assert_same_snapshot, make_cnn, make_mlp, poke_packed, snapshot
 from io_helpers import TiedLM
 
 
@@ -118,6 +118,113 @@ def test_meta_skeleton_allocates_nothing_for_saved_tensors():
     skeleton = meta_skeleton(model)
     assert all(p.is_meta for p in skeleton.parameters()) and not skeleton.cache.is_meta
     assert not any(p.is_meta for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# The models passed in are left as they were (tests/test_read_only.py runs every entry point).
+# ---------------------------------------------------------------------------------------------
+
+
+class CountingBN(nn.Module):
+    """BatchNorm (its running statistics change in training mode), a buffer every forward
+    updates in any mode, and a way to fail after both have run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(64)
+        self.fc = nn.Linear(64, 32)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x, fail=False):
+        self.calls += 1
+        y = self.fc(self.bn(x))
+        if fail:
+            raise RuntimeError("boom after the BatchNorm")
+        return y
+
+
+def test_validate_runs_no_forward_on_the_models_passed_in(backend):
+    model = CountingBN().train()
+    qmodel, _ = dynamic_quantize(model, validate=False)
+    before = snapshot(model), snapshot(qmodel)
+    report = validate(model, qmodel, torch.randn(8, 64))
+    assert report.passed, report
+    assert int(qmodel.bn.num_batches_tracked) == 0 and int(qmodel.calls) == 0 and qmodel.training
+    assert_same_snapshot(before[0], snapshot(model))
+    assert_same_snapshot(before[1], snapshot(qmodel))
+
+
+def test_models_are_left_as_they_were_when_validation_raises():
+    model = CountingBN().train()
+    qmodel, _ = dynamic_quantize(model, validate=False)
+    before = snapshot(model), snapshot(qmodel)
+    with pytest.raises(RuntimeError, match="boom after the BatchNorm"):
+        validate(model, qmodel, {"x": torch.randn(8, 64), "fail": True})
+    assert_same_snapshot(before[0], snapshot(model))
+    assert_same_snapshot(before[1], snapshot(qmodel))
+
+
+def test_outputs_are_compared_in_eval_mode_without_grad():
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seen = SharedLog()
+
+        def forward(self, x):
+            self.seen.append((self.training, torch.is_grad_enabled()))
+            return x
+
+    model = nn.Sequential(nn.Linear(64, 64), nn.Dropout(0.5), Probe()).train()
+    qmodel, _ = dynamic_quantize(model, validate=False)
+    assert validate(model, qmodel, torch.randn(4, 64)).passed
+    assert qmodel[2].seen == [(False, False), (False, False)]  # the quantized copy, then the reloaded model
+    assert all(m.training for m in qmodel.modules())
+
+
+def test_a_forward_that_writes_to_its_input():
+    class AddsOne(nn.Module):
+        def forward(self, x):
+            return x.add_(1)
+
+    model = nn.Sequential(AddsOne(), nn.Linear(64, 8))
+    qmodel, _ = dynamic_quantize(model, validate=False)
+    x = torch.randn(2, 64)
+    kept = x.clone()
+    report = validate(model, qmodel, (x,))
+    assert report.passed, report  # both runs start from the same input
+    assert torch.equal(x, kept)
+
+
+def test_a_model_that_cannot_be_copied_is_only_run_on_request():
+    model = make_mlp()
+    qmodel, _ = dynamic_quantize(model, validate=False)
+    qmodel.source = (i for i in range(3))  # a generator cannot be copied
+    assert validate(model, qmodel).passed
+    with pytest.raises(TypeError, match="validate works on a deep copy .* or leave sample_input out"):
+        validate(model, qmodel, torch.randn(2, 64))
+
+
+def test_validate_seeds_no_cuda_generator_for_a_cpu_model(monkeypatch):
+    # torch.manual_seed would also (lazily) reseed every CUDA generator and never put it back
+    seeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: seeded.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: seeded.append(seed))
+    model = nn.Sequential(nn.Linear(64, 64), nn.Dropout(0.5)).train()
+    qmodel, _ = dynamic_quantize(model, validate=False)
+    x = torch.randn(4, 64)
+    state = torch.get_rng_state()
+    assert validate(model, qmodel, x).passed
+    assert seeded == [] and torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_validate_leaves_the_cuda_generator_as_it_was():
+    model = make_mlp().cuda().eval()
+    qmodel, _ = dynamic_quantize(model, validate=False)
+    x = torch.randn(2, 64, device="cuda")
+    cpu, cuda = torch.get_rng_state(), torch.cuda.get_rng_state()
+    assert validate(model, qmodel, x).passed
+    assert torch.equal(torch.get_rng_state(), cpu) and torch.equal(torch.cuda.get_rng_state(), cuda)
 
 
 # ---------------------------------------------------------------------------------------------
