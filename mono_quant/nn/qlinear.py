@@ -9,6 +9,7 @@ from torch import nn
 from ..config import QuantizationConfig
 from .. import _kernels
 from ._int8_weight import Int8WeightMixin, check_int8_config
+from ._input_check import check_float_input
 from ._packed_forward import PackedForwardMixin
 
 
@@ -78,6 +79,7 @@ class QuantizedLinear(PackedForwardMixin, Int8WeightMixin, nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_float_input(self, x)
         if self.uses_fast_path(x):
             return self._plan()(x)
         return F.linear(x, self.dequantized_weight(x.dtype), self._bias_as(x.dtype))

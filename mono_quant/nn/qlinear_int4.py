@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _kernels
+from ._input_check import check_float_input
 from ._packed_forward import PackedForwardMixin
 
 
@@ -133,6 +134,7 @@ class QuantizedLinearInt4(PackedForwardMixin, nn.Module):
         return _kernels.int4_dequantize(self.qweight, self.scale, self.zero_point, self.group_size, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_float_input(self, x)
         if self.uses_fast_path(x):
             return self._plan()(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)

@@ -8,6 +8,7 @@ from torch import nn
 from .. import _kernels as K
 from ..config import QuantizationConfig
 from ._int8_weight import check_int8_config
+from ._input_check import check_float_input
 from ._static_input import StaticInputMixin
 from .qlinear import QuantizedLinear
 
@@ -78,6 +79,7 @@ class StaticQuantizedLinear(StaticInputMixin, QuantizedLinear):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_float_input(self, x)
         out_dtype = x.dtype if x.dtype in K.C_FLOAT_DTYPES else torch.float32
         y = K.linear_static(
             self.quantize_input(x), self.input_scale, self.input_zero_point,
