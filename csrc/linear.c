@@ -261,6 +261,72 @@ static void run_tiles(void *ctx, int64_t part_begin, int64_t part_end) {
 
 static size_t align64(size_t v) { return (v + 63) & ~(size_t)63; }
 
+/* Run every tile of `job` on up to num_threads threads. */
+static void run_job(const mq_linear_job *job, const mq_linear_kernels *kern, int num_threads) {
+  const int64_t tiles = tiles_of(job->n);
+  const int64_t macs_per_tile = MQ_LINEAR_NR * job->kp * job->m;
+  const int64_t min_tiles = MQ_LINEAR_MIN_MACS_PER_THREAD / macs_per_tile + 1;
+  const int parts = mq_parallel_parts(tiles, min_tiles, 1, num_threads);
+  int64_t chunk = tiles / ((int64_t)parts * MQ_LINEAR_CHUNKS_PER_THREAD);
+  if (chunk < min_tiles / 2 + 1) chunk = min_tiles / 2 + 1;
+  tiles_ctx tc = {job, job->group ? kern->int4_tiles : kern->int8_tiles, tiles, chunk, 0};
+  mq_parallel_for(parts, 1, 1, parts, run_tiles, &tc);
+}
+
+/* ---- rows too large for float32 sums ---------------------------------------------------- */
+
+/* The power of two e (0 for ordinary rows) by which a row's block scales are divided so that
+ * nb * max_b d[b] <= MQ_LINEAR_SHIFT_LIMIT (linear.h).  nb * dmax is exact in double, and
+ * the max does not depend on order, so the torch twin picks the same e. */
+static int row_shift(const float *d, int64_t nb) {
+  float dmax = 0.0f;
+  for (int64_t b = 0; b < nb; b++) dmax = d[b] > dmax ? d[b] : dmax;
+  const double bound = (double)nb * (double)dmax;
+  if (bound <= MQ_LINEAR_SHIFT_LIMIT) return 0;
+  int e;
+  (void)frexp(bound, &e); /* bound < 2^e */
+  return e - MQ_LINEAR_SHIFT_LIMIT_LOG2;
+}
+
+/* The rows with shift[r] > 0, in runs of consecutive rows: each run is computed without the
+ * bias into float32, then y * 2^shift + bias is stored in out_dtype (linear.h). */
+static mq_status run_shifted_rows(const mq_linear_job *job, const int32_t *shift, int64_t count,
+                                  const mq_linear_kernels *kern, int num_threads) {
+  const int64_t n = job->n, nb = job->nb, per_row_corr = job->group ? job->ng : 1;
+  float *tmp = malloc(sizeof(float) * (size_t)count * (size_t)n);
+  if (tmp == NULL) return MQ_ERR_NOMEM;
+  for (int64_t r0 = 0; r0 < job->m;) {
+    if (!shift[r0]) {
+      r0++;
+      continue;
+    }
+    int64_t r1 = r0 + 1;
+    while (r1 < job->m && shift[r1]) r1++;
+    mq_linear_job sub = *job;
+    sub.m = r1 - r0;
+    sub.xq = job->xq + r0 * job->kp;
+    sub.d = job->d + r0 * nb;
+    sub.acc_start = job->acc_start + r0 * nb;
+    sub.corr = job->corr + r0 * per_row_corr;
+    sub.bias = NULL;
+    sub.out = tmp;
+    sub.out_dtype = MQ_F32;
+    run_job(&sub, kern, num_threads);
+    for (int64_t r = r0; r < r1; r++) {
+      const float up = ldexpf(1.0f, shift[r]);
+      const float *y = tmp + (r - r0) * n;
+      for (int64_t j = 0; j < n; j++) {
+        float v = y[j] * up; /* exact unless beyond float32: then inf, as the true result */
+        if (job->bias) v = v + job->bias[j];
+        mq_store_f32(job->out, job->out_dtype, r * n + j, v);
+      }
+    }
+    r0 = r1;
+  }
+  free(tmp);
+  return MQ_OK;
+}
+
 /* g == 0: INT8; else INT4 with group size g. */
 static mq_status forward(const void *x, mq_dtype x_dtype, int64_t m, const void *packed,
                          int64_t packed_bytes, int64_t n, int64_t k, int64_t g, const void *bias,
@@ -281,7 +347,8 @@ static mq_status forward(const void *x, mq_dtype x_dtype, int64_t m, const void 
   const size_t off_d = align64((size_t)(m * kp));
   const size_t off_asum = off_d + align64(sizeof(float) * (size_t)(m * nb));
   const size_t off_corr = off_asum + align64(sizeof(int32_t) * (size_t)(m * nb));
-  const size_t off_bias = off_corr + align64(sizeof(float) * (size_t)(m * ng));
+  const size_t off_shift = off_corr + align64(sizeof(float) * (size_t)(m * ng));
+  const size_t off_bias = off_shift + align64(sizeof(int32_t) * (size_t)m);
   const size_t total = off_bias + align64(need_bias ? sizeof(float) * (size_t)n : 0);
   char *scratch = aligned_alloc(64, total);
   if (scratch == NULL) return MQ_ERR_NOMEM;
@@ -294,9 +361,20 @@ static mq_status forward(const void *x, mq_dtype x_dtype, int64_t m, const void 
     return MQ_ERR_NONFINITE;
   }
 
-  /* S (INT8, one group spanning all blocks) or D[j] (INT4): sum of d[b] * asum[b], in order */
+  /* A row too large for float32 sums gets its block scales divided by 2^shift (exact, see
+   * linear.h); then S (INT8, one group spanning all blocks) or D[j] (INT4): sum of
+   * d[b] * asum[b], in order */
   float *corr = (float *)(scratch + off_corr);
-  for (int64_t r = 0; r < m; r++)
+  int32_t *shift = (int32_t *)(scratch + off_shift);
+  int64_t shifted = 0;
+  for (int64_t r = 0; r < m; r++) {
+    float *dr = aj.d + r * nb;
+    shift[r] = row_shift(dr, nb);
+    if (shift[r]) {
+      const float down = ldexpf(1.0f, -shift[r]);
+      for (int64_t b = 0; b < nb; b++) dr[b] = dr[b] * down;
+      shifted++;
+    }
     for (int64_t j = 0; j < ng; j++) {
       float s = 0.0f;
       for (int64_t b = j * bpg; b < (j + 1) * bpg; b++) {
@@ -305,6 +383,7 @@ static mq_status forward(const void *x, mq_dtype x_dtype, int64_t m, const void 
       }
       corr[r * ng + j] = s;
     }
+  }
 
   /* the VNNI path multiplies w + 128: its block sums start at -128 * asum to stay exact */
   for (int64_t i = 0; i < m * nb; i++) aj.asum[i] *= -128;
@@ -323,16 +402,10 @@ static mq_status forward(const void *x, mq_dtype x_dtype, int64_t m, const void 
       .xq = aj.xq, .d = aj.d, .acc_start = aj.asum, .corr = corr, .bias = bias_f32,
       .out = out, .out_dtype = x_dtype,
   };
-  const int64_t tiles = tiles_of(n);
-  const int64_t macs_per_tile = MQ_LINEAR_NR * kp * m;
-  const int64_t min_tiles = MQ_LINEAR_MIN_MACS_PER_THREAD / macs_per_tile + 1;
-  const int parts = mq_parallel_parts(tiles, min_tiles, 1, num_threads);
-  int64_t chunk = tiles / ((int64_t)parts * MQ_LINEAR_CHUNKS_PER_THREAD);
-  if (chunk < min_tiles / 2 + 1) chunk = min_tiles / 2 + 1;
-  tiles_ctx tc = {&job, g ? kern->int4_tiles : kern->int8_tiles, tiles, chunk, 0};
-  mq_parallel_for(parts, 1, 1, parts, run_tiles, &tc);
+  if (shifted < m) run_job(&job, kern, num_threads); /* shifted rows are overwritten below */
+  if (shifted) st = run_shifted_rows(&job, shift, shifted, kern, num_threads);
   free(scratch);
-  return MQ_OK;
+  return st;
 }
 
 mq_status mq_linear_int8(const void *x, mq_dtype x_dtype, int64_t m, const void *packed,

@@ -13,7 +13,22 @@
  *     xq[i] = d[b] > 0 ? clamp(round_half_even(x[i] / d[b]), -127, 127) : 0,
  *     asum[b] = sum xq[i]                                                        (exact ints)
  * float32 arithmetic (a division, not a multiply by 1/d, so a subnormal d is harmless), so
- * every path (and the torch twin) gets the same xq, d and asum.
+ * every path (and the torch twin) gets the same xq, d and asum.  x / d never exceeds 127, so
+ * this step is finite for every finite x.
+ *
+ * Rows too large for float32 sums: the sums below reach about nb * max_b d[b] * 2^33 (INT8:
+ * |dot| < 2^19 and zero * asum < 2^19; INT4: |dot|, zero * asum < 2^16 times a float16 scale
+ * < 2^16, with 2^6 to spare for rounding), which overflows for activations near the float32
+ * maximum (1e37 with k = 64) even where the result itself is finite.  So when
+ *     nb * max_b d[b] > MQ_LINEAR_SHIFT_LIMIT = 2^88      (computed exactly, in double)
+ * (|x| above ~2^95 / nb: never for ordinary activations, whose results stay bit for bit as
+ * they were), the row's d[b] are multiplied by 2^-e, e = the exponent of that product - 88,
+ * and its result is computed without the bias, multiplied by 2^e and then the bias added:
+ *     y = (scale * (...)) * 2^e + bias[n]          (the formulas below with d[b] * 2^-e)
+ * Scaling by a power of two is exact (xq and asum are unchanged; only d[b] that become
+ * float32-subnormal lose bits, terms 2^-150 times the row's largest), so the row gets the
+ * float32 result of the unscaled formulas, which is finite wherever the result is.  A
+ * result beyond the range of the output dtype is +-inf, as a float cast gives.
  *
  * ---- INT8 packed layout (MQ_LINEAR_MAGIC_INT8) ---------------------------------------------
  * header (64 bytes), then tiles of MQ_LINEAR_NR = 16 output rows, tile t = rows 16t..16t+15
@@ -62,6 +77,9 @@
 #define MQ_LINEAR_INT4_GROUP_HEADER 64
 #define MQ_LINEAR_INT8_TILE_TAIL (MQ_LINEAR_NR * 8) /* scale[16] + zero[16] */
 #define MQ_LINEAR_VERSION 1
+/* A row with nb * max_b d[b] above this is computed scaled by a power of two (see above). */
+#define MQ_LINEAR_SHIFT_LIMIT_LOG2 88
+#define MQ_LINEAR_SHIFT_LIMIT 0x1p88
 
 static const char MQ_LINEAR_MAGIC_INT8[8] = {'M', 'Q', 'L', 'I', 'N', 'I', '8', 0};
 static const char MQ_LINEAR_MAGIC_INT4[8] = {'M', 'Q', 'L', 'I', 'N', 'I', '4', 0};

@@ -247,7 +247,10 @@ mq_status mq_int4_unpack(const uint8_t *qweight, int64_t n, int64_t k, uint8_t *
  * on the thread count (each output element is computed by one thread in a fixed order).
  *
  * x: [m, k] F32, F16 or BF16; out: [m, n] of the same dtype; bias: [n] F32/F16/BF16 or NULL.
- * NaN or Inf in x is an error (MQ_ERR_NONFINITE), as for every quantized input.
+ * NaN or Inf in x is an error (MQ_ERR_NONFINITE), as for every quantized input.  Any finite
+ * x is taken: a row large enough that the float32 sums could overflow (up to the float32
+ * maximum) is computed scaled by an exact power of two (csrc/linear.h), so y is finite
+ * wherever the result is; a result beyond out's dtype is +-inf, as a float cast gives.
  * Packed buffers start with a header naming format, n, k (and g); a mismatch is MQ_ERR_LAYOUT.
  */
 

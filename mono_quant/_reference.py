@@ -334,6 +334,8 @@ def int4_unpack(qweight: torch.Tensor) -> torch.Tensor:
 # ``linear_error_scale``). Against float math on the dequantized weight the only error is
 # the rounding of the activations, |x - d * xq| <= d / 2 per element:
 #     |y - x @ w_hat.T| <= sum_b (d_b / 2) * sum_{k in b} |w_hat[n, k]|  (+ the rounding above).
+# Rows with activations near the float32 maximum run scaled by a power of two
+# (``linear_row_shift``), so no float32 sum overflows where the result is finite.
 # ---------------------------------------------------------------------------------------------
 
 LINEAR_QK = 32  # activations: one scale per block of 32 values along k
@@ -341,6 +343,8 @@ LINEAR_NR = 16  # output rows interleaved in one tile of the packed layout
 LINEAR_GROUP_SIZES = (32, 64, 128, 256)
 LINEAR_VERSION = 1
 LINEAR_TWIN_RTOL = 2.0**-20
+# A row with nb * max_b d[b] above 2^88 runs scaled by a power of two (see linear_row_shift).
+LINEAR_SHIFT_LIMIT_LOG2 = 88
 _LINEAR_HEADER = struct.Struct("<8siiqqqqqq")  # magic, version, g, n, k, kp, tiles, tile_bytes, 0
 _MAGIC_INT8 = b"MQLINI8\0"
 _MAGIC_INT4 = b"MQLINI4\0"
@@ -542,6 +546,26 @@ def quantize_linear_activations(x2: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return xq, d, xq.sum(dim=-1)
 
 
+def linear_row_shift(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block scales ``d [m, nb]`` -> (``d * 2^-e`` per row, ``2^e`` float32 ``[m, 1]``).
+
+    A row whose ``nb * max_b d[b]`` exceeds ``2^88`` (activations above ~2^95 / nb) could
+    overflow float32 in ``sum_b d[b] * dot[b]`` even where its result is finite; its scales
+    are divided by ``2^e`` (e = the exponent of that product - 88; exact, a power of two) and
+    its result is multiplied by ``2^e`` before the bias is added. ``e = 0`` (and ``d``
+    unchanged) for every ordinary row. Same rule as ``row_shift`` in csrc/linear.c."""
+    nb = d.shape[-1]
+    bound = d.amax(dim=-1, keepdim=True).double() * nb  # exact in float64
+    e = torch.where(bound > 2.0**LINEAR_SHIFT_LIMIT_LOG2,
+                    torch.frexp(bound).exponent.to(torch.int32) - LINEAR_SHIFT_LIMIT_LOG2, 0)
+    return d * _pow2(-e), _pow2(e)
+
+
+def _pow2(e: torch.Tensor) -> torch.Tensor:
+    """``2^e`` as float32, built from its bits (exact; -126 <= e <= 127)."""
+    return ((e.to(torch.int32) + 127) << 23).view(torch.float32)
+
+
 def _block_dots(xq: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
     """``dots[m, n, b] = sum_i xq[m, b, i] * wb[n, b, i]``: integers below 2^24, exact in f32."""
     return torch.einsum("mbi,nbi->mnb", xq, wb)
@@ -558,6 +582,7 @@ def linear_int8(x2: torch.Tensor, packed: torch.Tensor, n: int, k: int,
     packed = packed.to(x2.device)
     w, scale, zero = unpack_linear_int8(packed, n, k)
     xq, d, asum = quantize_linear_activations(x2)
+    d, up = linear_row_shift(d)
     m, nb = d.shape
     kp = nb * LINEAR_QK
     wb = torch.nn.functional.pad(w.float(), (0, kp - k)).view(n, nb, LINEAR_QK)
@@ -567,7 +592,7 @@ def linear_int8(x2: torch.Tensor, packed: torch.Tensor, n: int, k: int,
         b1 = min(nb, b0 + step)
         facc += (_block_dots(xq[:, b0:b1], wb[:, b0:b1]) * d[:, None, b0:b1]).sum(dim=-1)
     S = (d * asum).sum(dim=-1, keepdim=True)
-    y = scale * (facc - zero.float() * S)
+    y = scale * (facc - zero.float() * S) * up  # up == 1 (exact) for ordinary rows
     if bias is not None:
         y = y + bias.float()
     return y.to(x2.dtype)
@@ -579,6 +604,7 @@ def linear_int4(x2: torch.Tensor, packed: torch.Tensor, n: int, k: int, group_si
     packed = packed.to(x2.device)
     u, scale, zp = unpack_linear_int4(packed, n, k, group_size)
     xq, d, asum = quantize_linear_activations(x2)
+    d, up = linear_row_shift(d)
     m, nb = d.shape
     g = group_size
     ng, bpg = k // g, g // LINEAR_QK
@@ -593,6 +619,7 @@ def linear_int4(x2: torch.Tensor, packed: torch.Tensor, n: int, k: int, group_si
         bd = _block_dots(xq[:, b0:b1], ub[:, b0:b1]) * d[:, None, b0:b1]
         gacc = bd.view(m, n, j1 - j0, bpg).sum(dim=-1)
         y += (sf[None, :, j0:j1] * (gacc - zf[None, :, j0:j1] * D[:, None, j0:j1])).sum(dim=-1)
+    y = y * up
     if bias is not None:
         y = y + bias.float()
     return y.to(x2.dtype)
@@ -603,6 +630,7 @@ def linear_error_scale(x2: torch.Tensor, packed: torch.Tensor, n: int, k: int,
     """``A`` of the twin tolerance: the forward with every term replaced by its absolute
     value (``[m, n]``, float32). Paths agree within ``LINEAR_TWIN_RTOL * A`` + 1 ulp."""
     xq, d, asum = quantize_linear_activations(x2)
+    d, up = linear_row_shift(d)
     m, nb = d.shape
     xa, asum_a = xq.abs(), asum.abs()
     if group_size == 0:
@@ -618,6 +646,7 @@ def linear_error_scale(x2: torch.Tensor, packed: torch.Tensor, n: int, k: int,
         gacc = bd.view(m, n, ng, bpg).sum(-1)
         D = (d * asum_a).view(m, ng, bpg).sum(-1)
         a = (scale.float()[None] * (gacc + zp.float()[None] * D[:, None, :])).sum(-1)
+    a = a * up
     if bias is not None:
         a = a + bias.float().abs()
     return a

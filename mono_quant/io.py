@@ -26,6 +26,7 @@ from . import _safetensors as st
 from ._file_metadata import (
     FLOAT_NAMES, FileMetadata, LayerEntry, cast_params, global_values, layer_entry, parse_metadata,
 )
+from ._cast_hooks import add_cast_hooks, model_float_dtype
 from ._safetensors import tensor_crc32
 from ._skeleton import fill_skeleton
 from .errors import CorruptFileError
@@ -75,7 +76,8 @@ def load_quantized(path: str | os.PathLike[str], model: nn.Module | None = None)
     ``with torch.device("meta"): model = Net()``), the model is filled IN PLACE and returned:
     each quantized layer's float module is replaced by its quantized module, every other
     parameter and buffer is replaced by the file's tensor (so a float16 file gives a float16
-    model), tied parameters stay tied, and training flags are kept. Loaded tensors are on the
+    model; one of dtype "fp16" takes and returns the skeleton's dtype, as ``dynamic_quantize``
+    made it), tied parameters stay tied, and training flags are kept. Loaded tensors are on the
     CPU. Nothing is changed unless the whole file matches the model (then the return value is
     ``model``, or the new module when the root itself is a quantized layer).
 
@@ -91,7 +93,11 @@ def load_quantized(path: str | os.PathLike[str], model: nn.Module | None = None)
         return tensors, meta.as_dict()
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module skeleton of the saved architecture; got {type(model).__name__}")
-    return fill_skeleton(model, tensors, meta, os.fspath(path))
+    interface = model_float_dtype(model)  # the skeleton's dtype, before the file's replace it
+    root = fill_skeleton(model, tensors, meta, os.fspath(path))
+    if meta.values.get("dtype") == "fp16":  # as dynamic_quantize made it (schemes/fp16.py)
+        add_cast_hooks(root, torch.float16, interface)
+    return root
 
 
 def read_quantized(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], FileMetadata]:

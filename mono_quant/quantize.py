@@ -49,6 +49,7 @@ def dynamic_quantize(
     info = QuantizationInfo(config=cfg)
     if isinstance(model, nn.Module):
         result: ModelOrStateDict = _quantize_module(model, scheme, info)
+        scheme.finish_model(model, result)
     elif isinstance(model, Mapping):
         result = quantize_state_dict(model, scheme, info)
     else:

@@ -169,3 +169,27 @@ def test_a_new_bias_is_used(kind):
     with torch.no_grad():
         q.bias.sub_(1.0)
     assert torch.allclose(q(x), y, atol=1e-6)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_activations_near_the_float_maximum_give_float_math(isa, kind, dtype):
+    """The report's inputs: 1e37 (INT8), 4e37 (INT4), bf16's and fp16's maximum. float math
+    and the reference path were finite, the C path gave inf / NaN."""
+    linear = nn.Linear(64, 8)
+    with torch.no_grad():
+        linear.weight /= 64  # sum_k |w| <= 1/8: every result is well inside the range
+    q = (QuantizedLinear.from_float(linear) if kind == "int8" else
+         QuantizedLinearInt4.from_float(linear, group_size=32)).to(dtype)
+    value = {"int8": 1e37, "int4": 4e37}[kind] if dtype == torch.float32 else torch.finfo(dtype).max
+    x = torch.where(torch.rand(3, 64) < 0.5, -value, value)
+    x[1] = torch.randn(64)
+    x[2, 32:] *= 1e-20
+    x = x.to(dtype)
+    with K.use_linear_isa(isa):
+        y = q(x)
+    with K.use_backend("reference"):
+        y_float = q(x)
+    assert bool(torch.isfinite(y).all()) and bool(torch.isfinite(y_float).all())
+    assert_activation_rounding_close(y, x, q.dequantized_weight(torch.float64), q.bias)

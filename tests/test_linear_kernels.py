@@ -249,6 +249,98 @@ def test_long_rows_and_mixed_magnitudes(isa):
     check(run(isa, K.linear_int4, x4, p4, n, 4096, 128), x4, p4, dequant_int4(q4, s4, z4, 128), n, 4096, 128)
 
 
+# ---- activations at the top of each float range -------------------------------------------
+#
+# Rows whose float32 sums would overflow run scaled by a power of two (csrc/linear.h): the
+# result is finite wherever float math is, every path agrees with the twin, and ordinary rows
+# are bit for bit what they were.
+
+def edge_rows(dtype, k, gen, issue_value):
+    """Rows at the top of ``dtype``'s range, mixed with ordinary ones, as ``dtype``."""
+    top = torch.finfo(dtype).max
+    sign = torch.where(torch.rand(k, generator=gen) < 0.5, -1.0, 1.0)
+    rows = [
+        sign * top,                                          # every value at the maximum
+        torch.randn(k, generator=gen),                       # an ordinary row between them
+        (torch.rand(k, generator=gen) * 2 - 1) * top,        # anywhere up to the maximum
+        torch.cat([sign[:32] * top, torch.randn(k - 32, generator=gen) * 1e-30]),  # one huge block
+        sign * min(issue_value, top),                        # the values of the report
+        torch.randn(k, generator=gen) * 1e3,
+    ]
+    return torch.stack(rows).to(dtype)
+
+
+def small_int8(n, k, symmetric, gen):
+    """INT8 weights with sum_k |w_hat[n, k]| <= 0.5: results stay below the input's maximum."""
+    q, _, zp = make_int8(n, k, symmetric, gen)
+    return q, torch.rand(n, generator=gen) * (0.5 / (256 * k)) + 1e-12, zp
+
+
+def small_int4(n, k, g, symmetric, gen):
+    q, _, zp = make_int4(n, k, g, symmetric, gen)
+    return q, (torch.rand(n, k // g, generator=gen) * (0.5 / (16 * k)) + 1e-7).half(), zp
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("isa", ISAS)
+def test_activations_at_the_top_of_the_range_stay_finite(isa, dtype):
+    gen = torch.Generator().manual_seed(11)
+    for n, k in [(17, 64), (5, 100), (33, 2048)]:
+        for symmetric in (True, False):
+            q, scale, zp = small_int8(n, k, symmetric, gen)
+            packed = K.pack_linear_int8(q, scale, zp)
+            bias = torch.randn(n, generator=gen).to(dtype)
+            x = edge_rows(dtype, k, gen, 1e37)
+            for rows in (x, x[:1], x[4:5]):  # batched (gemm) and one row (gemv) paths
+                y = run(isa, K.linear_int8, rows, packed, n, k, bias)
+                assert bool(torch.isfinite(y).all()), f"INT8 k={k}: {y}"
+                check(y, rows, packed, dequant_int8(q, scale, zp), n, k, 0, bias)
+    for n, k, g in [(17, 64, 32), (5, 256, 128), (20, 2048, 64)]:
+        q, scale, zp = small_int4(n, k, g, False, gen)
+        packed = K.pack_linear_int4(q, scale, zp, g)
+        x = edge_rows(dtype, k, gen, 4e37)
+        for rows in (x, x[:1], x[4:5]):
+            y = run(isa, K.linear_int4, rows, packed, n, k, g, None)
+            assert bool(torch.isfinite(y).all()), f"INT4 k={k}: {y}"
+            check(y, rows, packed, dequant_int4(q, scale, zp, g), n, k, g)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_ordinary_rows_are_unchanged_by_a_huge_row_in_the_batch(isa):
+    gen = torch.Generator().manual_seed(12)
+    n, k, g = 40, 256, 64
+    p8 = K.pack_linear_int8(*make_int8(n, k, False, gen))
+    p4 = K.pack_linear_int4(*make_int4(n, k, g, False, gen), g)
+    bias = torch.randn(n, generator=gen)
+    x = torch.randn(7, k, generator=gen)
+    huge = x.clone()
+    huge[2] = 3e38  # this row runs scaled; the others must not move by one bit
+    for fn, args in ((K.linear_int8, (p8, n, k, bias)), (K.linear_int4, (p4, n, k, g, bias))):
+        before, after = run(isa, fn, x, *args), run(isa, fn, huge, *args)
+        keep = [0, 1, 3, 4, 5, 6]
+        assert torch.equal(after[keep], before[keep])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("isa", ISAS)
+def test_results_beyond_the_output_range_are_inf_as_in_float_math(isa, dtype):
+    gen = torch.Generator().manual_seed(13)
+    n, k, g = 24, 128, 32
+    top = torch.finfo(dtype).max
+    q, scale, zp = make_int8(n, k, True, gen)  # sum_k |w_hat| up to ~170: many results overflow
+    q4, s4, z4 = make_int4(n, k, g, False, gen)
+    x = torch.stack([torch.where(torch.rand(k, generator=gen) < 0.5, -top, top),
+                     torch.randn(k, generator=gen) * (top / 1e4)]).to(dtype)
+    for y, w_hat in ((run(isa, K.linear_int8, x, K.pack_linear_int8(q, scale, zp), n, k), dequant_int8(q, scale, zp)),
+                     (run(isa, K.linear_int4, x, K.pack_linear_int4(q4, s4, z4, g), n, k, g),
+                      dequant_int4(q4, s4, z4, g))):
+        exact = x.double() @ w_hat.T
+        beyond, inside = exact.abs() > top * 1.01, exact.abs() < top * 0.99
+        assert bool(beyond.any()) and bool(inside.any())
+        assert bool(torch.isinf(y[beyond]).all()) and torch.equal(y[beyond].sign().double(), exact[beyond].sign())
+        assert bool(torch.isfinite(y[inside]).all())
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_zero_input_gives_bias(isa):
     n, k = 18, 64

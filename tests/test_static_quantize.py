@@ -185,6 +185,20 @@ def test_static_conv_is_a_conv_on_the_round_tripped_input(backend):
     assert "input=uint8 per_tensor" in repr(q)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_inputs_at_the_float_maximum_saturate_like_the_range_ends(backend, dtype):
+    """Static inputs are clamped to the calibrated range: even the largest finite value of
+    each dtype (x / scale is inf in float32) lands on the end of the range, never inf / NaN."""
+    top = torch.finfo(dtype).max
+    linear, conv = nn.Linear(64, 8), nn.Conv2d(3, 4, 3)
+    for q, shape in ((StaticQuantizedLinear.from_float(linear, input_range=(-2.0, 3.0)), (3, 64)),
+                     (StaticQuantizedConv2d.from_float(conv, input_range=(-2.0, 3.0)), (2, 3, 5, 5))):
+        x = torch.where(torch.rand(shape) < 0.5, -top, top).to(dtype)
+        y = q(x)
+        assert y.dtype == dtype and bool(torch.isfinite(y).all())
+        assert torch.equal(y, q(torch.where(x > 0, 3.0, -2.0).to(dtype)))
+
+
 def test_from_float_checks(backend):
     with pytest.raises(TypeError, match="needs an nn.Linear"):
         StaticQuantizedLinear.from_float(nn.Conv2d(1, 1, 1), input_range=(0.0, 1.0))

@@ -9,6 +9,7 @@ from torch.nn.modules.utils import _pair
 
 from ..config import QuantizationConfig
 from ._int8_weight import Int8WeightMixin, check_int8_config
+from ._input_check import check_float_input
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
@@ -95,6 +96,7 @@ class QuantizedConv2d(Int8WeightMixin, nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_float_input(self, x)
         weight = self.dequantized_weight(x.dtype)
         bias = self._bias_as(x.dtype)
         if self.padding_mode != "zeros":

@@ -7,6 +7,7 @@ from torch import nn
 
 from ..config import QuantizationConfig
 from ._int8_weight import check_int8_config
+from ._input_check import check_float_input
 from ._static_input import StaticInputMixin
 from .qconv2d import QuantizedConv2d
 
@@ -85,6 +86,7 @@ class StaticQuantizedConv2d(StaticInputMixin, QuantizedConv2d):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_float_input(self, x)
         return super().forward(self.fake_quantize_input(x))
 
     def extra_repr(self) -> str:

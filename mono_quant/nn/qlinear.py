@@ -11,6 +11,7 @@ from .. import _ops  # noqa: F401  (registers torch.ops.mono_quant)
 from .. import _reference as ref
 from .._int8 import int8_qdtype, quantize_weight_int8
 from ..config import QuantizationConfig
+from ._input_check import check_float_input
 from ._int8_weight import check_int8_config
 from ._packed_weight import PackedLinearMixin, check_canonical_tensors
 
@@ -94,6 +95,7 @@ class QuantizedLinear(PackedLinearMixin, nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_float_input(self, x)
         if x.requires_grad and torch.is_grad_enabled():
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return F.linear(x, self.dequantized_weight(x.dtype), bias)

@@ -9,6 +9,7 @@ from torch import nn
 from .. import _kernels
 from .. import _ops  # noqa: F401  (registers torch.ops.mono_quant)
 from .. import _reference as ref
+from ._input_check import check_float_input
 from ._packed_weight import PackedLinearMixin, check_canonical_tensors
 
 
@@ -133,6 +134,7 @@ class QuantizedLinearInt4(PackedLinearMixin, nn.Module):
                                                       self.group_size, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_float_input(self, x)
         if x.requires_grad and torch.is_grad_enabled():
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return F.linear(x, self.dequantized_weight(x.dtype), bias)

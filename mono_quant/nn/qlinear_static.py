@@ -7,6 +7,7 @@ from torch import nn
 
 from .. import _ops  # noqa: F401  (registers torch.ops.mono_quant)
 from ..config import QuantizationConfig
+from ._input_check import check_float_input
 from ._int8_weight import Int8WeightMixin, check_int8_config
 from ._static_input import StaticInputMixin
 
@@ -85,6 +86,7 @@ class StaticQuantizedLinear(StaticInputMixin, Int8WeightMixin, nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_float_input(self, x)
         return torch.ops.mono_quant.linear_static(
             x, self.input_scale, self.input_zero_point, self.activation_symmetric,
             self.qweight, self.scale, self.zero_point, self.bias,

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .. import _kernels as K
+from .._cast_hooks import add_cast_hooks, model_float_dtype
 from .._layers import dtype_name, main_tensor, own_tensors, state_kind, tensor_bytes
 from ..info import LayerInfo, QuantizationInfo
 from .base import Scheme
@@ -17,17 +18,27 @@ _STAY_FLOAT_WARNING_LIMIT = 5
 
 
 class Fp16Scheme(Scheme):
-    """Cast the whole model to float16, like ``model.half()`` but recorded layer by layer.
+    """Store the whole model in float16, recorded layer by layer; callers see the original's dtypes.
 
     Every module holding floating tensors is cast in place (``whole_model``): embeddings and
-    norms too, and small layers regardless of ``min_params``, so the model has one dtype and
-    runs on float16 inputs. Explicit user rules (modules_to_not_convert, skip/layer names and
-    types) keep modules in their dtype, with a warning that their inputs need casting. Layers
-    whose values exceed float16's range (65504) stay as they are rather than become inf.
+    norms too, and small layers regardless of ``min_params``. Explicit user rules
+    (modules_to_not_convert, skip/layer names and types) keep modules in their dtype, with a
+    warning, and so do layers whose values exceed float16's range (65504) or hold NaN/Inf.
     Tied parameters stay tied. The SQNR compares the float16 tensors with the originals.
 
+    The model computes in float16, as ``model.half()``, but keeps the original's interface,
+    as torch's dynamic float16 quantization does (``_cast_hooks``): it takes floating inputs
+    of any dtype (the original's, or float16) and casts them to float16 on the way in, and
+    returns floating outputs in the original's dtype (the one most of its elements had). A
+    layer that kept its dtype casts its inputs to that dtype and its outputs back to float16,
+    so the model works whichever layers were skipped. Activations beyond float16's range
+    become inf, as in ``model.half()``. ``load_quantized`` gives a loaded fp16 model the same
+    behaviour (with the skeleton's dtype as the original's). In state_dict mode the result is
+    the tensors only.
+
     >>> half_model, info = dynamic_quantize(model, "fp16")
-    >>> half_model(x.half())
+    >>> half_model(x).dtype == model(x).dtype     # x as the original took it
+    True
     """
 
     name = "fp16"
@@ -60,6 +71,9 @@ class Fp16Scheme(Scheme):
         }
         return out, self._record(prefix, state_kind(prefix, tensors), tensors, out)
 
+    def finish_model(self, original: nn.Module, model: nn.Module) -> None:
+        add_cast_hooks(model, torch.float16, model_float_dtype(original))
+
     def finish(self, info: QuantizationInfo) -> None:
         kept = [
             name or "(root)" for name, layer in info.layers.items()
@@ -69,7 +83,7 @@ class Fp16Scheme(Scheme):
             shown = ", ".join(kept[:_STAY_FLOAT_WARNING_LIMIT]) + (", ..." if len(kept) > _STAY_FLOAT_WARNING_LIMIT else "")
             info.warnings.append(
                 f"{len(kept)} layer(s) keep their float dtype inside a float16 model ({shown}); "
-                "their inputs arrive as float16, so cast them in forward or convert these layers too"
+                "they run in that dtype (their inputs and outputs are cast) and keep its size"
             )
 
     def _half(self, tensor: torch.Tensor) -> torch.Tensor:

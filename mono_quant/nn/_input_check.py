@@ -1,0 +1,35 @@
+"""The input check every quantized module's ``forward`` starts with.
+
+``nn.Linear`` and ``nn.Conv2d`` refuse an integer input (their float weight does not match
+it). A quantized module must refuse it too: without the check, dequantizing the weight "to
+the input's dtype" truncates it to integers (an int64 tensor of zeros for a typical layer)
+and the static modules quantize integer inputs as if they were floats.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# What every quantized module computes with: the C kernels take the first three, the torch
+# path (dequantize + F.linear / F.conv2d) also float64.
+FLOAT_INPUT_DTYPES = frozenset((torch.float32, torch.float16, torch.bfloat16, torch.float64))
+_NAMES = "float32, float16, bfloat16 or float64"
+
+
+def check_float_input(module: nn.Module, x: object) -> None:
+    """Raise ``TypeError`` unless ``x`` is a tensor of a floating dtype the module takes.
+
+    >>> check_float_input(layer, torch.randn(2, layer.in_features))   # passes
+    >>> check_float_input(layer, torch.ones(2, layer.in_features, dtype=torch.int64))
+    Traceback (most recent call last):
+    TypeError: QuantizedLinear takes a floating-point input (float32, float16, bfloat16 or float64); got torch.int64 ...
+    """
+    dtype = getattr(x, "dtype", None)
+    if isinstance(x, torch.Tensor) and dtype in FLOAT_INPUT_DTYPES:
+        return
+    got = str(dtype) if isinstance(x, torch.Tensor) else f"a {type(x).__name__}, not a tensor"
+    raise TypeError(
+        f"{type(module).__name__} takes a floating-point input ({_NAMES}); got {got}; "
+        "convert it first, e.g. x.float() (as nn.Linear and nn.Conv2d, it does not take integer inputs)"
+    )
