@@ -29,7 +29,7 @@ from ._file_metadata import (
 from ._safetensors import tensor_crc32
 from ._skeleton import fill_skeleton
 from .errors import CorruptFileError
-from .formats import format_for_module, format_for_state
+from .formats import RangeProblem, format_for_module, format_for_state
 from .info import QuantizationInfo
 from .state_dict import group_by_layer, join_key, split_key
 
@@ -109,6 +109,7 @@ def read_quantized(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor
     _check_checksums(raw, meta, path)
     tensors = _expand_aliases(raw, meta, path)
     check_layer_tensors(tensors, meta, path)
+    check_layer_values(tensors, meta, path)
     return tensors, meta
 
 
@@ -186,6 +187,11 @@ def prepare_for_saving(
     except CorruptFileError as exc:
         raise ValueError(f"info does not describe this model ({exc.problem}); pass the info returned "
                          "together with this model, or none") from None
+    try:
+        check_layer_values(_expand_aliases(tensors, meta, "(not saved)"), meta, "(not saved)")
+    except CorruptFileError as exc:
+        raise ValueError(f"cannot save: {exc.problem.removesuffix(_VALUES_HINT)}; a file holding it would not "
+                         "load. Quantize the layer again from its float weights") from None
     return tensors, meta
 
 
@@ -379,6 +385,41 @@ def check_layer_tensors(tensors: Mapping[str, torch.Tensor], meta: FileMetadata,
             if attrs & set(_QUANT_STATE_KEYS) and prefix not in meta.layers:
                 raise CorruptFileError(path, f"layer {prefix!r} holds quantized tensors but the metadata has no "
                                              "record of it")
+
+
+_VALUES_HINT = "; the file was altered or written by a broken tool"
+
+
+def check_layer_values(tensors: Mapping[str, torch.Tensor], meta: FileMetadata, path) -> None:
+    """Each format layer's values against the ranges its format allows (``range_problems``:
+    scales finite and > 0, zero points inside their range, ...), on the canonical tensors
+    before any module is built; the first problem is a ``CorruptFileError`` naming the tensor.
+    Run after ``check_layer_tensors`` (dtypes and shapes are right)."""
+    for entry in meta.layers.values():
+        if entry.fmt is None:
+            continue
+        problems = entry.fmt.range_problems(entry.params, layer_tensors(entry, tensors, meta))
+        if problems:
+            where = _name_problem(problems[0], lambda name, entry=entry: meta.file_key(entry, name))
+            raise CorruptFileError(path, f"layer {entry.name!r} ({entry.kind}): {where}{_VALUES_HINT}")
+
+
+def check_state_layer_values(entry: LayerEntry, tensors: Mapping[str, torch.Tensor], path) -> None:
+    """``check_layer_values`` for one state_dict-layout layer whose tensors are keyed without
+    the layer prefix (``weight``, ``weight_scale``, ...), as ``quantize_checkpoint`` reads them."""
+    problems = entry.fmt.range_problems(entry.params, entry.fmt.to_module_names(tensors))
+    if problems:
+        raise CorruptFileError(path, f"layer {entry.name!r} ({entry.kind}): "
+                                     f"{_name_problem(problems[0], lambda n: join_key(entry.name, entry.fmt.state_key(n)))}"
+                                     + _VALUES_HINT)
+
+
+def _name_problem(problem, file_key) -> str:
+    """"tensor 'fc.scale' has ..." for a RangeProblem (``file_key`` maps the module tensor
+    name to the key in the file); a plain string from an older format is used as it is."""
+    if isinstance(problem, RangeProblem):
+        return f"tensor {file_key(problem.tensor)!r} {problem.problem}"
+    return str(problem)
 
 
 def _cast_dtype(entry) -> torch.dtype:

@@ -17,13 +17,13 @@ from typing import Any
 import torch
 
 from . import _safetensors as st
-from ._file_metadata import FileMetadata, global_values
+from ._file_metadata import FileMetadata, LayerEntry, global_values
 from ._layers import skipped_layer, state_kind
 from ._safetensors import tensor_crc32
 from .config import QuantizationConfig
 from .errors import CorruptFileError
 from .info import QuantizationInfo
-from .io import check_folder, file_kind, run_dtype, state_layer_entry
+from .io import check_folder, check_state_layer_values, file_kind, run_dtype, state_layer_entry
 from .schemes.registry import get_scheme
 from .selection import state_skip_reason
 from .state_dict import join_key, split_key
@@ -73,7 +73,7 @@ def quantize_checkpoint(
                 else:
                     out, record = tensors, skipped_layer(prefix, state_kind(prefix, tensors), tensors, reason)
                 info.add(record)
-                entry = state_layer_entry(prefix, out, record)
+                entry = state_layer_entry(prefix, out, record) if reason is None else source.kept_entry(prefix, out, record)
                 if entry is not None:
                     layers[prefix] = entry
                 for attr, tensor in out.items():
@@ -120,6 +120,19 @@ class Checkpoint:
         for path in self.files:
             out.update((n, (e.dtype, e.shape)) for n, e in _header(Path(path)).tensors.items() if n in self.names)
         return out
+
+    def kept_entry(self, prefix: str, tensors: Mapping[str, torch.Tensor], record) -> LayerEntry | None:
+        """The metadata record of a layer written as the source holds it. A layer that is
+        already quantized must be in a registered format and hold values that format allows
+        (as ``load_quantized`` checks); otherwise a ``CorruptFileError`` names its file."""
+        path = self.names[join_key(prefix, next(iter(tensors)))]
+        try:
+            entry = state_layer_entry(prefix, tensors, record)
+        except ValueError as exc:
+            raise CorruptFileError(path, str(exc)) from None
+        if entry is not None and entry.fmt is not None:
+            check_state_layer_values(entry, tensors, path)
+        return entry
 
     def read(self, names: list[str]) -> dict[str, torch.Tensor]:
         """The named tensors (each file is opened for this call only)."""
