@@ -30,6 +30,7 @@ from typing import BinaryIO
 
 import torch
 
+from ._json import brief, loads_untrusted
 from .errors import CorruptFileError
 
 DTYPES: dict[str, torch.dtype] = {
@@ -51,6 +52,7 @@ DTYPES: dict[str, torch.dtype] = {
 }
 DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
 MAX_HEADER_BYTES = 100_000_000  # the limit the safetensors library enforces
+MAX_TENSOR_BYTES = 2**63 - 1  # torch's int64 sizes and strides
 ENTRY_KEYS = frozenset({"dtype", "shape", "data_offsets"})
 METADATA_KEY = "__metadata__"
 _COPY_CHUNK = 16 << 20
@@ -127,7 +129,7 @@ def read_tensor(handle: BinaryIO, entry: TensorEntry, path: str | os.PathLike[st
     buffer = bytearray(entry.nbytes)
     got = handle.readinto(buffer)
     if got != entry.nbytes:
-        raise CorruptFileError(path, f"tensor {entry.name!r}: read {got} of {entry.nbytes} bytes; "
+        raise CorruptFileError(path, f"tensor {brief(entry.name)}: read {got} of {entry.nbytes} bytes; "
                                      "the file is truncated or changed while it was read")
     if entry.dtype == torch.bool:  # any byte but 0/1 would be undefined behaviour as torch.bool
         return torch.frombuffer(buffer, dtype=torch.uint8).reshape(entry.shape) != 0
@@ -242,21 +244,20 @@ def _require_little_endian() -> None:
 
 def _parse_json(raw: bytes, path) -> dict:
     def no_duplicates(pairs):
-        out = {}
-        for key, value in pairs:
-            if key in out:
-                raise CorruptFileError(path, f"the header names {key!r} twice")
-            out[key] = value
+        out = dict(pairs)  # built in C; the pairs are only looked at when a key repeats
+        if len(out) != len(pairs):
+            seen = set()
+            key = next(k for k, _ in pairs if k in seen or seen.add(k))
+            raise CorruptFileError(path, f"the header names {brief(key)} twice")
         return out
 
-    def no_constants(name):
-        raise CorruptFileError(path, f"the header contains {name}, which is not JSON")
-
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants)
+        header = loads_untrusted(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
     except UnicodeDecodeError:
         raise CorruptFileError(path, "the header is not UTF-8 text; the file is corrupted or not safetensors") from None
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except CorruptFileError:
+        raise
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, NaN / Infinity literals, nesting
         raise CorruptFileError(path, f"the header is not valid JSON ({exc}); the file is corrupted") from None
     if not isinstance(header, dict):
         raise CorruptFileError(path, f"the header is a JSON {type(header).__name__}, not an object")
@@ -266,33 +267,42 @@ def _parse_json(raw: bytes, path) -> dict:
 def _parse_metadata(value, path) -> dict[str, str]:
     if value is None:
         return {}
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise CorruptFileError(path, f"{METADATA_KEY!r} must map strings to strings")
+    if not isinstance(value, dict):
+        raise CorruptFileError(path, f"{METADATA_KEY!r} must map strings to strings; it is {brief(value)}")
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise CorruptFileError(path, f"{METADATA_KEY!r} must map strings to strings; field {brief(key)} "
+                                         f"is {brief(item)}")
     return value
 
 
 def _parse_entry(name: str, value, data_start: int, data_size: int, path) -> TensorEntry:
     if not isinstance(value, dict) or set(value) != ENTRY_KEYS:
-        raise CorruptFileError(path, f"tensor {name!r}: the entry must have exactly the keys "
+        raise CorruptFileError(path, f"tensor {brief(name)}: the entry must have exactly the keys "
                                      "'dtype', 'shape' and 'data_offsets'")
     dtype = DTYPES.get(value["dtype"]) if isinstance(value["dtype"], str) else None
     if dtype is None:
-        raise CorruptFileError(path, f"tensor {name!r} has unknown dtype {value['dtype']!r} "
+        raise CorruptFileError(path, f"tensor {brief(name)} has unknown dtype {brief(value['dtype'])} "
                                      f"(known: {', '.join(DTYPES)})")
     shape, offsets = value["shape"], value["data_offsets"]
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        raise CorruptFileError(path, f"tensor {name!r}: shape {shape!r} must be a list of integers >= 0")
+        raise CorruptFileError(path, f"tensor {brief(name)}: shape {brief(shape)} must be a list of integers >= 0")
+    # torch indexes elements and bytes with int64: the strides (products of the dimensions,
+    # an empty one counting as 1) must fit, also for a tensor that holds no data.
+    if math.prod(max(d, 1) for d in shape) * dtype.itemsize > MAX_TENSOR_BYTES:
+        raise CorruptFileError(path, f"tensor {brief(name)}: shape {brief(shape)} is too large: its dimensions "
+                                     f"multiply beyond {MAX_TENSOR_BYTES} bytes, more than torch can index")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))
             and offsets[0] <= offsets[1]):
-        raise CorruptFileError(path, f"tensor {name!r}: data_offsets {offsets!r} must be [begin, end] "
+        raise CorruptFileError(path, f"tensor {brief(name)}: data_offsets {brief(offsets)} must be [begin, end] "
                                      "with 0 <= begin <= end")
     begin, end = offsets
     if end > data_size:
-        raise CorruptFileError(path, f"tensor {name!r} ends at byte {end} of the data section, which has "
+        raise CorruptFileError(path, f"tensor {brief(name)} ends at byte {end} of the data section, which has "
                                      f"only {data_size} bytes; the file is truncated or the offsets are wrong")
     expected = math.prod(shape) * dtype.itemsize
     if end - begin != expected:
-        raise CorruptFileError(path, f"tensor {name!r}: shape {shape} of {value['dtype']} needs {expected} "
+        raise CorruptFileError(path, f"tensor {brief(name)}: shape {shape} of {value['dtype']} needs {expected} "
                                      f"bytes but data_offsets span {end - begin}")
     return TensorEntry(name, dtype, tuple(shape), data_start + begin, end - begin)
 
@@ -303,7 +313,7 @@ def _check_coverage(entries: list[TensorEntry], data_start: int, data_size: int,
         begin = entry.start - data_start
         if begin != cursor:
             what = "overlaps the tensor before it" if begin < cursor else f"leaves a hole at bytes {cursor}..{begin}"
-            raise CorruptFileError(path, f"tensor {entry.name!r} {what}; the data offsets are corrupted")
+            raise CorruptFileError(path, f"tensor {brief(entry.name)} {what}; the data offsets are corrupted")
         cursor = begin + entry.nbytes
     if cursor != data_size:
         raise CorruptFileError(path, f"the data section has {data_size} bytes but the tensors cover "

@@ -41,6 +41,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .._json import brief
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -151,7 +153,7 @@ def require(params: Mapping[str, Any], key: str, kind: str) -> Any:
         "pair": lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_count, v)),
     }[kind](value)
     if not ok:
-        raise ValueError(f"field {key!r} must be a {kind}; got {value!r}")
+        raise ValueError(f"field {key!r} must be a {kind}; got {brief(value)}")
     return value
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .._int8 import dequantize_weight_int8, int8_qdtype
+from .._json import brief
 from .._reference import INT8_RANGES
 from ..nn import QuantizedConv2d, QuantizedLinear
 from .base import (
@@ -159,7 +160,7 @@ class Int8Conv2dFormat(_Int8Format):
         if "padding_mode" in params:
             require(params, "padding_mode", "str")
         if "padding" in params and not (params["padding"] in ("same", "valid") or _is_pair(params["padding"])):
-            raise ValueError(f"field 'padding' must be two integers, 'same' or 'valid'; got {params['padding']!r}")
+            raise ValueError(f"field 'padding' must be two integers, 'same' or 'valid'; got {brief(params['padding'])}")
 
     def skeleton_mismatch(self, params: Mapping[str, Any], module: nn.Module) -> str | None:
         shape = list(module.weight.shape)
