@@ -53,6 +53,8 @@ DTYPES: dict[str, torch.dtype] = {
 DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
 MAX_HEADER_BYTES = 100_000_000  # the limit the safetensors library enforces
 MAX_TENSOR_BYTES = 2**63 - 1  # torch's int64 sizes and strides
+HEADER_BASE_BYTES = 4 << 20  # see header_limit
+HEADER_DATA_RATIO = 16
 ENTRY_KEYS = frozenset({"dtype", "shape", "data_offsets"})
 METADATA_KEY = "__metadata__"
 _COPY_CHUNK = 16 << 20
@@ -89,8 +91,12 @@ def safetensors_dtype(dtype: torch.dtype) -> str:
         ) from None
 
 
-def read_header(handle: BinaryIO, path: str | os.PathLike[str]) -> Header:
+def read_header(handle: BinaryIO, path: str | os.PathLike[str], *, require_metadata: bool = False) -> Header:
     """Read and check the header of the safetensors file open as ``handle``.
+
+    The cheap checks come first, before the header is read or parsed: its length against
+    ``header_limit`` of the data that follows (a header bomb of a million empty entries is
+    refused at once), then, with ``require_metadata``, that ``__metadata__`` is there at all.
 
     >>> with open("model.safetensors", "rb") as f:
     ...     header = read_header(f, "model.safetensors")
@@ -108,14 +114,38 @@ def read_header(handle: BinaryIO, path: str | os.PathLike[str]) -> Header:
     if 8 + length > file_size:
         raise CorruptFileError(path, f"the header length is {length} bytes but only {file_size - 8} "
                                      "bytes follow it; the file is truncated")
-    raw = handle.read(length)
-    header = _parse_json(raw, path)
-    metadata = _parse_metadata(header.pop(METADATA_KEY, None), path)
     data_size = file_size - 8 - length
+    if length > header_limit(data_size):
+        raise CorruptFileError(path, f"the header is {length} bytes for {data_size} bytes of tensor data; a real "
+                                     f"header needs at most {HEADER_BASE_BYTES} bytes plus 1/{HEADER_DATA_RATIO} of "
+                                     "the data, so the file is corrupted or built to exhaust memory")
+    raw = handle.read(length)
+    # Without escapes (which no writer uses for ASCII keys) the key appears verbatim if present.
+    if require_metadata and METADATA_KEY.encode() not in raw and b"\\" not in raw:
+        raise CorruptFileError(path, f"the header has no {METADATA_KEY!r}; this is not a mono_quant file (read plain "
+                                     "checkpoints with safetensors.torch.load_file)")
+    header = _parse_json(raw, path)
+    del raw
+    metadata = _parse_metadata(header.pop(METADATA_KEY, None), path)
     entries = [_parse_entry(name, value, 8 + length, data_size, path) for name, value in header.items()]
     entries.sort(key=lambda e: (e.start, e.nbytes))
     _check_coverage(entries, 8 + length, data_size, path)
     return Header({e.name: e for e in entries}, metadata, file_size)
+
+
+def header_limit(data_size: int) -> int:
+    """The largest header accepted in front of ``data_size`` bytes of tensor data:
+    ``HEADER_BASE_BYTES + data_size // HEADER_DATA_RATIO``, at most ``MAX_HEADER_BYTES``.
+
+    A tensor's record takes ~100 bytes of header plus ~150 of mono_quant metadata (its CRC and
+    its share of a layer record), so the base alone holds ~16,000 tensors with no data at all;
+    past that, a real model's data outweighs its header many times over (a 4096 x 4096 weight
+    is 16 MiB of data for one record). Parsing stays proportional to reading the data.
+
+    >>> header_limit(0)
+    4194304
+    """
+    return min(MAX_HEADER_BYTES, HEADER_BASE_BYTES + data_size // HEADER_DATA_RATIO)
 
 
 def read_tensor(handle: BinaryIO, entry: TensorEntry, path: str | os.PathLike[str]) -> torch.Tensor:

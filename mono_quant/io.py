@@ -120,7 +120,7 @@ def read_metadata(path: str | os.PathLike[str]) -> tuple[FileMetadata, dict[str,
         tensors, meta = read_quantized(path)
         return meta, {k: (t.dtype, tuple(t.shape)) for k, t in tensors.items()}
     with open(path, "rb") as handle:
-        header = st.read_header(handle, path)
+        header = st.read_header(handle, path, require_metadata=True)
     meta = parse_metadata(header.metadata, path)
     shapes = {name: (e.dtype, e.shape) for name, e in header.tensors.items()}
     for alias, target in meta.aliases.items():
@@ -294,7 +294,7 @@ def _class_name(cls: type) -> str:
 
 def _read_safetensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     with open(path, "rb") as handle:
-        header = st.read_header(handle, path)
+        header = st.read_header(handle, path, require_metadata=True)
         tensors = {name: st.read_tensor(handle, entry, path) for name, entry in header.tensors.items()}
     return tensors, header.metadata
 

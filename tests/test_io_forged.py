@@ -142,3 +142,90 @@ def test_inspect_in_a_subprocess_prints_no_traceback():
                           text=True, env=env, timeout=120)
     assert done.returncode == 1 and done.stdout == "" and done.stderr.count("\n") == 1, done.stderr
     assert "field 'sqnr_db'" in done.stderr and "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Header bombs: refused from the header length and the file size, before the header is read.
+# ---------------------------------------------------------------------------------------------
+
+def _bomb_bytes(entries: int, metadata: bool = True) -> bytes:
+    """A header of ``entries`` empty tensors (~60 bytes each) and no data."""
+    meta = '"__metadata__":{"format":"mono_quant"},' if metadata else ""
+    body = ",".join(f'"t{i}":{{"dtype":"F32","shape":[0],"data_offsets":[0,0]}}' for i in range(entries))
+    text = ("{" + meta + body + "}").encode()
+    return len(text).to_bytes(8, "little") + text
+
+
+def _refuse_parsing(monkeypatch):
+    from mono_quant import _safetensors
+
+    def parse(raw, path):
+        raise AssertionError("the header was parsed")
+    monkeypatch.setattr(_safetensors, "_parse_json", parse)
+    return monkeypatch
+
+
+def _assert_refused_quickly(path: Path, message: str) -> None:
+    import time
+    import tracemalloc
+
+    from mono_quant.cli import inspect_text
+    from mono_quant import quantize_checkpoint
+
+    for attempt in (lambda: load_quantized(path), lambda: load_quantized(path, factory()),
+                    lambda: inspect_text(str(path)), lambda: quantize_checkpoint(path, "out.safetensors")):
+        tracemalloc.start()
+        start = time.perf_counter()
+        with pytest.raises(CorruptFileError, match=message):
+            attempt()
+        elapsed = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert elapsed < 0.5 and peak < 4 << 20, (elapsed, peak)
+
+
+def test_a_header_bomb_is_refused_before_it_is_read(monkeypatch):
+    path = Path("bomb.safetensors")
+    path.write_bytes(_bomb_bytes(80_000))  # ~5 MiB of empty entries, no data
+    _refuse_parsing(monkeypatch)
+    _assert_refused_quickly(path, r"bomb.safetensors: the header is \d+ bytes for 0 bytes of tensor data; a real "
+                                  "header needs at most 4194304 bytes plus 1/16 of the data")
+
+
+def test_the_70_mb_bomb_of_the_report(monkeypatch):
+    """The report's bomb: a 70 MB header in front of no data (the header's content does not
+    matter, it is never read: the file is sparse)."""
+    path = Path("bomb.safetensors")
+    with open(path, "wb") as handle:
+        handle.write((70_000_000).to_bytes(8, "little") + b"{")
+        handle.truncate(8 + 70_000_000)
+    _refuse_parsing(monkeypatch)
+    _assert_refused_quickly(path, "the header is 70000000 bytes for 0 bytes of tensor data")
+
+
+def test_a_header_without_metadata_is_refused_before_parsing(monkeypatch):
+    path = Path("plain.safetensors")
+    path.write_bytes(_bomb_bytes(20_000, metadata=False))  # under the size limit
+    with monkeypatch.context() as patch:
+        _refuse_parsing(patch)
+        with pytest.raises(CorruptFileError, match="plain.safetensors: the header has no '__metadata__'; this is "
+                                                   "not a mono_quant file"):
+            load_quantized(path)
+    escaped = _bomb_bytes(3, metadata=False).replace(b'"t0"', b'"\\u0074"')  # escapes: the parser decides
+    Path("escaped.safetensors").write_bytes(len(escaped[8:]).to_bytes(8, "little") + escaped[8:])
+    with pytest.raises(CorruptFileError, match="not a mono_quant file"):
+        load_quantized("escaped.safetensors")
+
+
+def test_the_header_limit_leaves_room_for_real_files():
+    from mono_quant import _safetensors as st
+
+    state = {f"block{i}.fc.weight": torch.randn(4, 4) for i in range(1000)}  # tiny layers, long header
+    qsd, info = dynamic_quantize(state, "int8", min_params=0, validate=False)
+    save_quantized(qsd, "deep.safetensors", info)
+    data = Path("deep.safetensors").read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    assert length > len(data) - 8 - length  # more header than data, as in no real model
+    tensors, _ = load_quantized("deep.safetensors")
+    assert len(tensors) == 3000
+    assert st.header_limit(0) == 4 << 20 and st.header_limit(16 << 30) == st.MAX_HEADER_BYTES
