@@ -55,6 +55,7 @@ MAX_HEADER_BYTES = 100_000_000  # the limit the safetensors library enforces
 MAX_TENSOR_BYTES = 2**63 - 1  # torch's int64 sizes and strides
 HEADER_BASE_BYTES = 4 << 20  # see header_limit
 HEADER_DATA_RATIO = 16
+QUICK_PARSE_BYTES = 1 << 20  # a header this small parses in milliseconds
 ENTRY_KEYS = frozenset({"dtype", "shape", "data_offsets"})
 METADATA_KEY = "__metadata__"
 _COPY_CHUNK = 16 << 20
@@ -96,7 +97,8 @@ def read_header(handle: BinaryIO, path: str | os.PathLike[str], *, require_metad
 
     The cheap checks come first, before the header is read or parsed: its length against
     ``header_limit`` of the data that follows (a header bomb of a million empty entries is
-    refused at once), then, with ``require_metadata``, that ``__metadata__`` is there at all.
+    refused at once), then, with ``require_metadata``, that a header over ``QUICK_PARSE_BYTES``
+    holds ``__metadata__`` at all.
 
     >>> with open("model.safetensors", "rb") as f:
     ...     header = read_header(f, "model.safetensors")
@@ -120,8 +122,10 @@ def read_header(handle: BinaryIO, path: str | os.PathLike[str], *, require_metad
                                      f"header needs at most {HEADER_BASE_BYTES} bytes plus 1/{HEADER_DATA_RATIO} of "
                                      "the data, so the file is corrupted or built to exhaust memory")
     raw = handle.read(length)
-    # Without escapes (which no writer uses for ASCII keys) the key appears verbatim if present.
-    if require_metadata and METADATA_KEY.encode() not in raw and b"\\" not in raw:
+    # A large header is scanned before it is parsed: without escapes (which no writer uses for
+    # ASCII keys) the key appears verbatim if present. A small one is parsed, for the exact error.
+    if (require_metadata and length > QUICK_PARSE_BYTES and METADATA_KEY.encode() not in raw
+            and b"\\" not in raw):
         raise CorruptFileError(path, f"the header has no {METADATA_KEY!r}; this is not a mono_quant file (read plain "
                                      "checkpoints with safetensors.torch.load_file)")
     header = _parse_json(raw, path)
