@@ -30,6 +30,7 @@ from typing import BinaryIO
 
 import torch
 
+from ._files import remove_stale_partials
 from ._json import brief, loads_untrusted
 from .errors import CorruptFileError
 
@@ -196,7 +197,8 @@ class StreamingWriter:
     The header must precede the data but depends on every tensor written, so tensors go to a
     scratch data file next to ``path``; ``finish`` then writes header + data to
     ``<path>.partial`` (16 MiB at a time) and renames it onto ``path``. A failure leaves
-    ``path`` untouched. Disk use peaks at twice the output size.
+    ``path`` untouched; scratch files a killed run left are removed when the writer opens.
+    Disk use peaks at twice the output size.
 
     >>> with StreamingWriter("out.safetensors") as writer:
     ...     writer.write("fc.weight", q)
@@ -208,6 +210,7 @@ class StreamingWriter:
         self.path = os.fspath(path)
         self._data_path = self.path + ".data.partial"
         self._out_path = self.path + ".partial"
+        remove_stale_partials(self.path)  # left by a killed run; never written through
         self._data: BinaryIO | None = open(self._data_path, "wb")
         self._specs: list[tuple[str, torch.dtype, tuple[int, ...]]] = []
         self._names: set[str] = set()

@@ -152,8 +152,9 @@ def inspect_text(path: str) -> str:
 
     if file_kind(path) == "safetensors":
         from . import _safetensors as st
+        from ._files import open_regular
 
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:  # a FIFO or device is refused, never waited on
             header = st.read_header(handle, path)
         if header.metadata.get("format") != FORMAT_NAME:
             shapes = {n: (e.dtype, e.shape) for n, e in header.tensors.items()}

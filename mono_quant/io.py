@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from . import _safetensors as st
+from ._files import open_regular, remove_stale_partials
 from ._file_metadata import (
     FLOAT_NAMES, FileMetadata, LayerEntry, cast_params, global_values, layer_entry, parse_metadata,
 )
@@ -46,7 +47,9 @@ def save_quantized(
     """Write a quantized model (or a quantized state_dict) to ``path``: ``.safetensors`` (needs
     the ``safetensors`` package) or ``.pt``. ``info``, the report of ``dynamic_quantize``, adds
     each layer's scheme, original dtype and SQNR to the metadata. Tied tensors are stored once.
-    The file appears complete or not at all (written to ``<path>.partial``, then renamed).
+    The file appears complete or not at all (written to ``<path>.partial``, then renamed); the
+    scratch files a killed save left next to ``path`` (``<path>.partial``, ``<path>.data.partial``)
+    are removed first.
 
     >>> qmodel, info = dynamic_quantize(model, "int8")
     >>> save_quantized(qmodel, "model.safetensors", info)
@@ -56,6 +59,7 @@ def save_quantized(
     check_folder(path)
     tensors, meta = prepare_for_saving(model, info)
     partial = os.fspath(path) + ".partial"
+    remove_stale_partials(path)  # never write through a link a stale scratch name may be
     try:
         if library is not None:
             library.save_file(tensors, partial, metadata=meta.to_strings())
@@ -102,8 +106,6 @@ def read_quantized(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor
     'int8_linear'
     """
     kind = file_kind(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{os.fspath(path)}: no such file; check the path")
     raw, raw_meta = _read_safetensors(path) if kind == "safetensors" else _read_pt(path)
     meta = parse_metadata(raw_meta, path)
     _check_checksums(raw, meta, path)
@@ -119,7 +121,7 @@ def read_metadata(path: str | os.PathLike[str]) -> tuple[FileMetadata, dict[str,
     if file_kind(path) == "pt":
         tensors, meta = read_quantized(path)
         return meta, {k: (t.dtype, tuple(t.shape)) for k, t in tensors.items()}
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         header = st.read_header(handle, path, require_metadata=True)
     meta = parse_metadata(header.metadata, path)
     shapes = {name: (e.dtype, e.shape) for name, e in header.tensors.items()}
@@ -293,19 +295,14 @@ def _class_name(cls: type) -> str:
 
 
 def _read_safetensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         header = st.read_header(handle, path, require_metadata=True)
         tensors = {name: st.read_tensor(handle, entry, path) for name, entry in header.tensors.items()}
     return tensors, header.metadata
 
 
 def _read_pt(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    try:  # weights_only: the unpickler builds tensors and plain containers only, never runs code
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for damaged zips and pickles
-        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise CorruptFileError(path, f"torch.load(weights_only=True) cannot read it ({type(exc).__name__}: "
-                                     f"{detail}); the file is truncated, corrupted or not a mono_quant .pt file") from None
+    obj = load_pt_untrusted(path, "a mono_quant .pt file")
     if not isinstance(obj, dict) or set(obj) != _PT_KEYS:
         raise CorruptFileError(path, "a mono_quant .pt file holds a dict with exactly the keys 'tensors' and "
                                      "'metadata'; this one does not")
@@ -323,6 +320,19 @@ def _read_pt(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
                                          "only dense CPU tensors of the safetensors dtypes are allowed")
         out[name] = tensor.contiguous()
     return out, metadata
+
+
+def load_pt_untrusted(path, what: str):
+    """``torch.load(weights_only=True)`` of a regular file (the unpickler builds tensors and
+    plain containers only, never runs code); whatever torch raises for a damaged zip or pickle
+    is a ``CorruptFileError`` saying the file is not ``what``."""
+    with open_regular(path) as handle:
+        try:
+            return torch.load(handle, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for damaged zips and pickles
+            detail = " ".join(str(exc).split())[:200]
+            problem = f"torch.load(weights_only=True) cannot read it ({type(exc).__name__}: {detail})"
+    raise CorruptFileError(path, f"{problem}; the file is truncated, corrupted or not {what}")
 
 
 def _check_checksums(raw: Mapping[str, torch.Tensor], meta: FileMetadata, path) -> None:
