@@ -183,7 +183,7 @@ def _parse_layer(name: str, record: Any, path) -> LayerEntry:
         original_dtype = record.get("original_dtype")
         if not isinstance(scheme, str):
             raise ValueError(f"field 'scheme' must be a string; got {brief(scheme)}")
-        if original_dtype is not None and original_dtype not in FLOAT_NAMES:
+        if original_dtype is not None and not (isinstance(original_dtype, str) and original_dtype in FLOAT_NAMES):
             raise ValueError(f"field 'original_dtype' must be a float dtype name or null; got {brief(original_dtype)}")
         sqnr = _decode_number(record.get("sqnr_db"))
     except ValueError as exc:

@@ -414,13 +414,22 @@ def check_layer_values(tensors: Mapping[str, torch.Tensor], meta: FileMetadata, 
             raise CorruptFileError(path, f"layer {entry.name!r} ({entry.kind}): {where}{_VALUES_HINT}")
 
 
-def check_state_layer_values(entry: LayerEntry, tensors: Mapping[str, torch.Tensor], path) -> None:
-    """``check_layer_values`` for one state_dict-layout layer whose tensors are keyed without
-    the layer prefix (``weight``, ``weight_scale``, ...), as ``quantize_checkpoint`` reads them."""
-    problems = entry.fmt.range_problems(entry.params, entry.fmt.to_module_names(tensors))
+def check_state_layer(entry: LayerEntry, tensors: Mapping[str, torch.Tensor], path) -> None:
+    """``check_layer_tensors`` and ``check_layer_values`` for one state_dict-layout layer whose
+    tensors are keyed without the layer prefix (``weight``, ``weight_scale``, ...), as
+    ``quantize_checkpoint`` has them: a layer that would make a file its loader refuses is a
+    ``CorruptFileError`` naming ``path``, the checkpoint it came from."""
+    fmt, where = entry.fmt, f"layer {entry.name!r} ({entry.kind})"
+    own = fmt.to_module_names(tensors)
+    for name, spec in fmt.expected_tensors(entry.params).items():
+        key = join_key(entry.name, fmt.state_key(name))
+        problem = "is missing" if name not in own else spec.problem(own[name])
+        if problem:
+            raise CorruptFileError(path, f"{where}: tensor {key!r} {problem}; the checkpoint's tensors of this "
+                                         "layer do not fit together")
+    problems = fmt.range_problems(entry.params, own)
     if problems:
-        raise CorruptFileError(path, f"layer {entry.name!r} ({entry.kind}): "
-                                     f"{_name_problem(problems[0], lambda n: join_key(entry.name, entry.fmt.state_key(n)))}"
+        raise CorruptFileError(path, f"{where}: {_name_problem(problems[0], lambda n: join_key(entry.name, fmt.state_key(n)))}"
                                      + _VALUES_HINT)
 
 

@@ -24,7 +24,7 @@ from ._safetensors import tensor_crc32
 from .config import QuantizationConfig
 from .errors import CorruptFileError
 from .info import QuantizationInfo
-from .io import check_folder, check_state_layer_values, file_kind, load_pt_untrusted, run_dtype, state_layer_entry
+from .io import check_folder, check_state_layer, file_kind, load_pt_untrusted, run_dtype, state_layer_entry
 from .schemes.registry import get_scheme
 from .selection import state_skip_reason
 from .state_dict import join_key, split_key
@@ -74,7 +74,7 @@ def quantize_checkpoint(
                 else:
                     out, record = tensors, skipped_layer(prefix, state_kind(prefix, tensors), tensors, reason)
                 info.add(record)
-                entry = state_layer_entry(prefix, out, record) if reason is None else source.kept_entry(prefix, out, record)
+                entry = source.layer_entry(prefix, tensors, out, record)
                 if entry is not None:
                     layers[prefix] = entry
                 for attr, tensor in out.items():
@@ -122,17 +122,20 @@ class Checkpoint:
             out.update((n, (e.dtype, e.shape)) for n, e in _header(Path(path)).tensors.items() if n in self.names)
         return out
 
-    def kept_entry(self, prefix: str, tensors: Mapping[str, torch.Tensor], record) -> LayerEntry | None:
-        """The metadata record of a layer written as the source holds it. A layer that is
-        already quantized must be in a registered format and hold values that format allows
-        (as ``load_quantized`` checks); otherwise a ``CorruptFileError`` names its file."""
-        path = self.names[join_key(prefix, next(iter(tensors)))]
+    def layer_entry(self, prefix: str, source: Mapping[str, torch.Tensor], out: Mapping[str, torch.Tensor],
+                    record) -> LayerEntry | None:
+        """The metadata record of layer ``prefix`` as written (``out``, made from ``source``).
+        Its tensors must fit its format as ``load_quantized`` checks them (dtypes, shapes,
+        values), so that the file written loads: a source whose layer cannot (an already
+        quantized layer with bad values, a bias that does not match the weight) is a
+        ``CorruptFileError`` naming the file that holds it."""
+        path = self.names[join_key(prefix, next(iter(source)))]
         try:
-            entry = state_layer_entry(prefix, tensors, record)
+            entry = state_layer_entry(prefix, out, record)
         except ValueError as exc:
             raise CorruptFileError(path, str(exc)) from None
         if entry is not None and entry.fmt is not None:
-            check_state_layer_values(entry, tensors, path)
+            check_state_layer(entry, out, path)
         return entry
 
     def read(self, names: list[str]) -> dict[str, torch.Tensor]:

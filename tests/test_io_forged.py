@@ -92,6 +92,8 @@ METADATA_CASES = {  # forgeries inside mono_quant's metadata: files that are mon
     "sqnr-400-digits": (raw_sqnr("9" * 400), "layer '0': field 'sqnr_db' holds <a 400-digit integer>, which is "
                                               "out of range"),
     "sqnr-1e400": (raw_sqnr("1e400"), "layer '0': field 'sqnr_db' holds <1e400, beyond float64>"),
+    "dict-as-dtype-name": (layer_field("original_dtype", {"a": 1}), "layer '0': field 'original_dtype' must be a "
+                                                                     "float dtype name or null; got {'a': 1}"),
 }
 CASES = {**HEADER_CASES, **METADATA_CASES}
 

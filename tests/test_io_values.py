@@ -203,3 +203,13 @@ def test_quantize_checkpoint_checks_layers_it_passes_through():
     quantize_checkpoint("model.safetensors", "out.safetensors", "int8")
     tensors, meta = load_quantized("out.safetensors")
     assert torch.equal(tensors["model.extra.weight"], qsd["model.extra.weight"]) and "model.extra" in meta["layers"]
+
+
+def test_quantize_checkpoint_refuses_a_layer_whose_tensors_do_not_fit():
+    """A bias that does not match its weight made a file that its own loader refused."""
+    state = {"fc.weight": torch.randn(16, 32), "fc.bias": torch.randn(8)}
+    torch.save(state, "model.pt")
+    with pytest.raises(CorruptFileError, match=r"model.pt: layer 'fc' \(int8_linear\): tensor 'fc.bias' has shape "
+                                               r"\[8\], expected \[16\]; the checkpoint's tensors of this layer"):
+        quantize_checkpoint("model.pt", "out.safetensors", "int8", min_params=0)
+    assert not Path("out.safetensors").exists()
