@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ._files import check_regular, open_regular
+
 CONFIG_FILE_NAME = "mono_quant.toml"
 PYPROJECT_NAME = "pyproject.toml"
 
@@ -23,7 +25,8 @@ def find_config_file(directory: str | os.PathLike[str] | None = None) -> Path | 
     """
     base = Path.cwd() if directory is None else Path(directory)
     own = base / CONFIG_FILE_NAME
-    if own.is_file():
+    if os.path.lexists(own):  # a folder or FIFO under the name is an error, not silently no settings
+        check_regular(own, "config file")
         return own
     pyproject = base / PYPROJECT_NAME
     if pyproject.is_file() and "mono_quant" in _load_toml(pyproject).get("tool", {}):
@@ -39,7 +42,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     {'dtype': 'int8', 'min_params': 1024}
     """
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise FileNotFoundError(
             f"config file {str(path)!r} does not exist; pass the path of a {CONFIG_FILE_NAME} "
             f"or a {PYPROJECT_NAME} with a [tool.mono_quant] table"
@@ -61,7 +64,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 def _load_toml(path: Path) -> dict[str, Any]:
     toml = _toml_module()
     try:
-        with path.open("rb") as handle:
+        with open_regular(path, "config file") as handle:  # a FIFO is refused, never waited on
             return toml.load(handle)
     except toml.TOMLDecodeError as exc:
         raise ValueError(f"could not parse {path} as TOML: {exc}") from exc

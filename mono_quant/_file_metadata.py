@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from ._json import brief, loads_untrusted
 from ._layers import dtype_name
 from .errors import CorruptFileError
 from .formats import LayerFormat, get_format
@@ -133,10 +134,10 @@ def parse_metadata(raw: Mapping[str, str], path) -> FileMetadata:
         if key not in raw:
             raise CorruptFileError(path, f"the metadata has no {key!r} entry; the file is damaged")
     if raw["format_version"] != FORMAT_VERSION:
-        raise CorruptFileError(path, f"format_version {raw['format_version']!r} is not supported (this mono_quant "
+        raise CorruptFileError(path, f"format_version {brief(raw['format_version'])} is not supported (this mono_quant "
                                      f"reads version {FORMAT_VERSION}); upgrade mono_quant")
     if raw["layout"] not in LAYOUTS:
-        raise CorruptFileError(path, f"layout {raw['layout']!r} is not one of {', '.join(LAYOUTS)}")
+        raise CorruptFileError(path, f"layout {brief(raw['layout'])} is not one of {', '.join(LAYOUTS)}")
     meta = FileMetadata({k: v for k, v in raw.items() if not k.startswith(LAYER_PREFIX) and k not in ("aliases", "checksums")})
     meta.aliases = _json_map(raw["aliases"], "aliases", lambda v: isinstance(v, str), path)
     meta.checksums = _json_map(raw["checksums"], "checksums",
@@ -172,6 +173,7 @@ def _parse_layer(name: str, record: Any, path) -> LayerEntry:
     kind = record["kind"]
     params = {k: v for k, v in record.items() if k not in _EXTRA_FIELDS}
     try:
+        _check_plain(record)
         fmt = None if kind == CAST_KIND else get_format(kind)
         if fmt is None:
             _check_cast(params)
@@ -180,31 +182,41 @@ def _parse_layer(name: str, record: Any, path) -> LayerEntry:
         scheme = record.get("scheme", "")
         original_dtype = record.get("original_dtype")
         if not isinstance(scheme, str):
-            raise ValueError(f"field 'scheme' must be a string; got {scheme!r}")
-        if original_dtype is not None and original_dtype not in FLOAT_NAMES:
-            raise ValueError(f"field 'original_dtype' must be a float dtype name or null; got {original_dtype!r}")
+            raise ValueError(f"field 'scheme' must be a string; got {brief(scheme)}")
+        if original_dtype is not None and not (isinstance(original_dtype, str) and original_dtype in FLOAT_NAMES):
+            raise ValueError(f"field 'original_dtype' must be a float dtype name or null; got {brief(original_dtype)}")
         sqnr = _decode_number(record.get("sqnr_db"))
     except ValueError as exc:
         raise CorruptFileError(path, f"{where}: {exc}") from None
     return LayerEntry(name, kind, fmt, params, scheme, original_dtype, sqnr)
 
 
+def _check_plain(record: Mapping[str, Any]) -> None:
+    """Every field is plain JSON that writes back (fields a format does not read are kept, and
+    ``as_dict`` / saving write them again): no oversized number."""
+    for key, value in record.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError(f"field {brief(key)} holds {brief(value)}, which is out of range") from None
+
+
 def _check_cast(params: Mapping[str, Any]) -> None:
     if require(params, "dtype", "str") not in FLOAT_NAMES:
-        raise ValueError(f"field 'dtype' must be a float dtype name; got {params['dtype']!r}")
+        raise ValueError(f"field 'dtype' must be a float dtype name; got {brief(params['dtype'])}")
     names = params.get("tensors")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
-        raise ValueError(f"field 'tensors' must be a non-empty list of names; got {names!r}")
+        raise ValueError(f"field 'tensors' must be a non-empty list of names; got {brief(names)}")
     if len(set(names)) != len(names):
-        raise ValueError(f"field 'tensors' names a tensor twice: {names}")
+        raise ValueError(f"field 'tensors' names a tensor twice: {brief(names)}")
     shape = params.get("original_shape")
     if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
-        raise ValueError(f"field 'original_shape' must be a list of integers >= 0; got {shape!r}")
+        raise ValueError(f"field 'original_shape' must be a list of integers >= 0; got {brief(shape)}")
 
 
 def _json_value(text: str, what: str, path) -> Any:
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return loads_untrusted(text)
     except (ValueError, RecursionError) as exc:
         raise CorruptFileError(path, f"the metadata {what} is not valid JSON ({exc})") from None
 
@@ -214,10 +226,6 @@ def _json_map(text: str, what: str, value_ok, path) -> dict:
     if not isinstance(value, dict) or not all(value_ok(v) for v in value.values()):
         raise CorruptFileError(path, f"the metadata entry {what!r} must be a JSON object of valid values")
     return value
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
 
 
 def _encode_number(value: float | None) -> float | str | None:
@@ -232,5 +240,5 @@ def _decode_number(value: Any) -> float | None:
     if value in ("inf", "-inf"):
         return float(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    raise ValueError(f"field 'sqnr_db' must be a number, 'inf', '-inf' or null; got {value!r}")
+        return float(value)  # finite: loads_untrusted turns longer literals into Oversized*
+    raise ValueError(f"field 'sqnr_db' must be a number, 'inf', '-inf' or null; got {brief(value)}")

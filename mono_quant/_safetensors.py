@@ -30,6 +30,8 @@ from typing import BinaryIO
 
 import torch
 
+from ._files import remove_stale_partials
+from ._json import brief, loads_untrusted
 from .errors import CorruptFileError
 
 DTYPES: dict[str, torch.dtype] = {
@@ -51,6 +53,10 @@ DTYPES: dict[str, torch.dtype] = {
 }
 DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
 MAX_HEADER_BYTES = 100_000_000  # the limit the safetensors library enforces
+MAX_TENSOR_BYTES = 2**63 - 1  # torch's int64 sizes and strides
+HEADER_BASE_BYTES = 4 << 20  # see header_limit
+HEADER_DATA_RATIO = 16
+QUICK_PARSE_BYTES = 1 << 20  # a header this small parses in milliseconds
 ENTRY_KEYS = frozenset({"dtype", "shape", "data_offsets"})
 METADATA_KEY = "__metadata__"
 _COPY_CHUNK = 16 << 20
@@ -87,8 +93,13 @@ def safetensors_dtype(dtype: torch.dtype) -> str:
         ) from None
 
 
-def read_header(handle: BinaryIO, path: str | os.PathLike[str]) -> Header:
+def read_header(handle: BinaryIO, path: str | os.PathLike[str], *, require_metadata: bool = False) -> Header:
     """Read and check the header of the safetensors file open as ``handle``.
+
+    The cheap checks come first, before the header is read or parsed: its length against
+    ``header_limit`` of the data that follows (a header bomb of a million empty entries is
+    refused at once), then, with ``require_metadata``, that a header over ``QUICK_PARSE_BYTES``
+    holds ``__metadata__`` at all.
 
     >>> with open("model.safetensors", "rb") as f:
     ...     header = read_header(f, "model.safetensors")
@@ -106,14 +117,40 @@ def read_header(handle: BinaryIO, path: str | os.PathLike[str]) -> Header:
     if 8 + length > file_size:
         raise CorruptFileError(path, f"the header length is {length} bytes but only {file_size - 8} "
                                      "bytes follow it; the file is truncated")
-    raw = handle.read(length)
-    header = _parse_json(raw, path)
-    metadata = _parse_metadata(header.pop(METADATA_KEY, None), path)
     data_size = file_size - 8 - length
+    if length > header_limit(data_size):
+        raise CorruptFileError(path, f"the header is {length} bytes for {data_size} bytes of tensor data; a real "
+                                     f"header needs at most {HEADER_BASE_BYTES} bytes plus 1/{HEADER_DATA_RATIO} of "
+                                     "the data, so the file is corrupted or built to exhaust memory")
+    raw = handle.read(length)
+    # A large header is scanned before it is parsed: without escapes (which no writer uses for
+    # ASCII keys) the key appears verbatim if present. A small one is parsed, for the exact error.
+    if (require_metadata and length > QUICK_PARSE_BYTES and METADATA_KEY.encode() not in raw
+            and b"\\" not in raw):
+        raise CorruptFileError(path, f"the header has no {METADATA_KEY!r}; this is not a mono_quant file (read plain "
+                                     "checkpoints with safetensors.torch.load_file)")
+    header = _parse_json(raw, path)
+    del raw
+    metadata = _parse_metadata(header.pop(METADATA_KEY, None), path)
     entries = [_parse_entry(name, value, 8 + length, data_size, path) for name, value in header.items()]
     entries.sort(key=lambda e: (e.start, e.nbytes))
     _check_coverage(entries, 8 + length, data_size, path)
     return Header({e.name: e for e in entries}, metadata, file_size)
+
+
+def header_limit(data_size: int) -> int:
+    """The largest header accepted in front of ``data_size`` bytes of tensor data:
+    ``HEADER_BASE_BYTES + data_size // HEADER_DATA_RATIO``, at most ``MAX_HEADER_BYTES``.
+
+    A tensor's record takes ~100 bytes of header plus ~150 of mono_quant metadata (its CRC and
+    its share of a layer record), so the base alone holds ~16,000 tensors with no data at all;
+    past that, a real model's data outweighs its header many times over (a 4096 x 4096 weight
+    is 16 MiB of data for one record). Parsing stays proportional to reading the data.
+
+    >>> header_limit(0)
+    4194304
+    """
+    return min(MAX_HEADER_BYTES, HEADER_BASE_BYTES + data_size // HEADER_DATA_RATIO)
 
 
 def read_tensor(handle: BinaryIO, entry: TensorEntry, path: str | os.PathLike[str]) -> torch.Tensor:
@@ -127,7 +164,7 @@ def read_tensor(handle: BinaryIO, entry: TensorEntry, path: str | os.PathLike[st
     buffer = bytearray(entry.nbytes)
     got = handle.readinto(buffer)
     if got != entry.nbytes:
-        raise CorruptFileError(path, f"tensor {entry.name!r}: read {got} of {entry.nbytes} bytes; "
+        raise CorruptFileError(path, f"tensor {brief(entry.name)}: read {got} of {entry.nbytes} bytes; "
                                      "the file is truncated or changed while it was read")
     if entry.dtype == torch.bool:  # any byte but 0/1 would be undefined behaviour as torch.bool
         return torch.frombuffer(buffer, dtype=torch.uint8).reshape(entry.shape) != 0
@@ -160,7 +197,8 @@ class StreamingWriter:
     The header must precede the data but depends on every tensor written, so tensors go to a
     scratch data file next to ``path``; ``finish`` then writes header + data to
     ``<path>.partial`` (16 MiB at a time) and renames it onto ``path``. A failure leaves
-    ``path`` untouched. Disk use peaks at twice the output size.
+    ``path`` untouched; scratch files a killed run left are removed when the writer opens.
+    Disk use peaks at twice the output size.
 
     >>> with StreamingWriter("out.safetensors") as writer:
     ...     writer.write("fc.weight", q)
@@ -172,6 +210,7 @@ class StreamingWriter:
         self.path = os.fspath(path)
         self._data_path = self.path + ".data.partial"
         self._out_path = self.path + ".partial"
+        remove_stale_partials(self.path)  # left by a killed run; never written through
         self._data: BinaryIO | None = open(self._data_path, "wb")
         self._specs: list[tuple[str, torch.dtype, tuple[int, ...]]] = []
         self._names: set[str] = set()
@@ -242,21 +281,20 @@ def _require_little_endian() -> None:
 
 def _parse_json(raw: bytes, path) -> dict:
     def no_duplicates(pairs):
-        out = {}
-        for key, value in pairs:
-            if key in out:
-                raise CorruptFileError(path, f"the header names {key!r} twice")
-            out[key] = value
+        out = dict(pairs)  # built in C; the pairs are only looked at when a key repeats
+        if len(out) != len(pairs):
+            seen = set()
+            key = next(k for k, _ in pairs if k in seen or seen.add(k))
+            raise CorruptFileError(path, f"the header names {brief(key)} twice")
         return out
 
-    def no_constants(name):
-        raise CorruptFileError(path, f"the header contains {name}, which is not JSON")
-
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constants)
+        header = loads_untrusted(raw.decode("utf-8"), object_pairs_hook=no_duplicates)
     except UnicodeDecodeError:
         raise CorruptFileError(path, "the header is not UTF-8 text; the file is corrupted or not safetensors") from None
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except CorruptFileError:
+        raise
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, NaN / Infinity literals, nesting
         raise CorruptFileError(path, f"the header is not valid JSON ({exc}); the file is corrupted") from None
     if not isinstance(header, dict):
         raise CorruptFileError(path, f"the header is a JSON {type(header).__name__}, not an object")
@@ -266,33 +304,42 @@ def _parse_json(raw: bytes, path) -> dict:
 def _parse_metadata(value, path) -> dict[str, str]:
     if value is None:
         return {}
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        raise CorruptFileError(path, f"{METADATA_KEY!r} must map strings to strings")
+    if not isinstance(value, dict):
+        raise CorruptFileError(path, f"{METADATA_KEY!r} must map strings to strings; it is {brief(value)}")
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise CorruptFileError(path, f"{METADATA_KEY!r} must map strings to strings; field {brief(key)} "
+                                         f"is {brief(item)}")
     return value
 
 
 def _parse_entry(name: str, value, data_start: int, data_size: int, path) -> TensorEntry:
     if not isinstance(value, dict) or set(value) != ENTRY_KEYS:
-        raise CorruptFileError(path, f"tensor {name!r}: the entry must have exactly the keys "
+        raise CorruptFileError(path, f"tensor {brief(name)}: the entry must have exactly the keys "
                                      "'dtype', 'shape' and 'data_offsets'")
     dtype = DTYPES.get(value["dtype"]) if isinstance(value["dtype"], str) else None
     if dtype is None:
-        raise CorruptFileError(path, f"tensor {name!r} has unknown dtype {value['dtype']!r} "
+        raise CorruptFileError(path, f"tensor {brief(name)} has unknown dtype {brief(value['dtype'])} "
                                      f"(known: {', '.join(DTYPES)})")
     shape, offsets = value["shape"], value["data_offsets"]
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        raise CorruptFileError(path, f"tensor {name!r}: shape {shape!r} must be a list of integers >= 0")
+        raise CorruptFileError(path, f"tensor {brief(name)}: shape {brief(shape)} must be a list of integers >= 0")
+    # torch indexes elements and bytes with int64: the strides (products of the dimensions,
+    # an empty one counting as 1) must fit, also for a tensor that holds no data.
+    if math.prod(max(d, 1) for d in shape) * dtype.itemsize > MAX_TENSOR_BYTES:
+        raise CorruptFileError(path, f"tensor {brief(name)}: shape {brief(shape)} is too large: its dimensions "
+                                     f"multiply beyond {MAX_TENSOR_BYTES} bytes, more than torch can index")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))
             and offsets[0] <= offsets[1]):
-        raise CorruptFileError(path, f"tensor {name!r}: data_offsets {offsets!r} must be [begin, end] "
+        raise CorruptFileError(path, f"tensor {brief(name)}: data_offsets {brief(offsets)} must be [begin, end] "
                                      "with 0 <= begin <= end")
     begin, end = offsets
     if end > data_size:
-        raise CorruptFileError(path, f"tensor {name!r} ends at byte {end} of the data section, which has "
+        raise CorruptFileError(path, f"tensor {brief(name)} ends at byte {end} of the data section, which has "
                                      f"only {data_size} bytes; the file is truncated or the offsets are wrong")
     expected = math.prod(shape) * dtype.itemsize
     if end - begin != expected:
-        raise CorruptFileError(path, f"tensor {name!r}: shape {shape} of {value['dtype']} needs {expected} "
+        raise CorruptFileError(path, f"tensor {brief(name)}: shape {shape} of {value['dtype']} needs {expected} "
                                      f"bytes but data_offsets span {end - begin}")
     return TensorEntry(name, dtype, tuple(shape), data_start + begin, end - begin)
 
@@ -303,7 +350,7 @@ def _check_coverage(entries: list[TensorEntry], data_start: int, data_size: int,
         begin = entry.start - data_start
         if begin != cursor:
             what = "overlaps the tensor before it" if begin < cursor else f"leaves a hole at bytes {cursor}..{begin}"
-            raise CorruptFileError(path, f"tensor {entry.name!r} {what}; the data offsets are corrupted")
+            raise CorruptFileError(path, f"tensor {brief(entry.name)} {what}; the data offsets are corrupted")
         cursor = begin + entry.nbytes
     if cursor != data_size:
         raise CorruptFileError(path, f"the data section has {data_size} bytes but the tensors cover "

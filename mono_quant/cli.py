@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"int4 group size: {', '.join(map(str, GROUP_SIZES))} (default: 128)")
     quantize.add_argument("--skip", nargs="+", action="extend", metavar="NAME",
                           help="layer names or patterns kept in float (e.g. lm_head 'encoder.*')")
-    quantize.add_argument("--min-params", type=int, metavar="N", help="layers with fewer parameters stay float")
+    quantize.add_argument("--min-params", type=_count, metavar="N", help="layers with fewer parameters stay float")
     quantize.add_argument("--asymmetric", action="store_const", const=False, dest="symmetric",
                           help="use zero points (uint8) instead of symmetric int8")
     quantize.add_argument("--config", metavar="FILE", help="a mono_quant.toml or pyproject.toml with options")
@@ -104,10 +104,36 @@ def build_parser() -> argparse.ArgumentParser:
                     "or with the original shapes and dtypes the file records. Exit code 1 when a check fails.")
     validate.add_argument("file", metavar="FILE", help="the quantized .safetensors or .pt file")
     validate.add_argument("--original", metavar="SRC", help="the float checkpoint it was made from")
-    validate.add_argument("--min-sqnr", type=float, default=10.0, metavar="DB",
+    validate.add_argument("--min-sqnr", type=_finite_float, default=10.0, metavar="DB",
                           help="lowest acceptable SQNR per layer in dB (default: 10)")
     validate.set_defaults(run=_validate)
     return parser
+
+
+# Option types: argparse turns their ArgumentTypeError into "argument --x: <message>" (exit 2).
+# Every numeric option has one (--group-size is an int among choices).
+
+
+def _finite_float(text: str) -> float:
+    """A finite number: "nan", "inf" and "1e999" would make every comparison meaningless."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number; got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    """An integer >= 0 ("1e3", "nan" and "-1" are refused)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0; got {text!r}")
+    return value
 
 
 def _quantize(args: argparse.Namespace) -> int:
@@ -152,8 +178,9 @@ def inspect_text(path: str) -> str:
 
     if file_kind(path) == "safetensors":
         from . import _safetensors as st
+        from ._files import open_regular
 
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:  # a FIFO or device is refused, never waited on
             header = st.read_header(handle, path)
         if header.metadata.get("format") != FORMAT_NAME:
             shapes = {n: (e.dtype, e.shape) for n, e in header.tensors.items()}

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from . import _safetensors as st
+from ._files import open_regular, remove_stale_partials
 from ._file_metadata import (
     FLOAT_NAMES, FileMetadata, LayerEntry, cast_params, global_values, layer_entry, parse_metadata,
 )
@@ -30,7 +31,7 @@ from ._cast_hooks import add_cast_hooks, model_float_dtype
 from ._safetensors import tensor_crc32
 from ._skeleton import fill_skeleton
 from .errors import CorruptFileError
-from .formats import format_for_module, format_for_state
+from .formats import RangeProblem, format_for_module, format_for_state
 from .info import QuantizationInfo
 from .state_dict import group_by_layer, join_key, split_key
 
@@ -47,7 +48,9 @@ def save_quantized(
     """Write a quantized model (or a quantized state_dict) to ``path``: ``.safetensors`` (needs
     the ``safetensors`` package) or ``.pt``. ``info``, the report of ``dynamic_quantize``, adds
     each layer's scheme, original dtype and SQNR to the metadata. Tied tensors are stored once.
-    The file appears complete or not at all (written to ``<path>.partial``, then renamed).
+    The file appears complete or not at all (written to ``<path>.partial``, then renamed); the
+    scratch files a killed save left next to ``path`` (``<path>.partial``, ``<path>.data.partial``)
+    are removed first.
 
     >>> qmodel, info = dynamic_quantize(model, "int8")
     >>> save_quantized(qmodel, "model.safetensors", info)
@@ -57,6 +60,7 @@ def save_quantized(
     check_folder(path)
     tensors, meta = prepare_for_saving(model, info)
     partial = os.fspath(path) + ".partial"
+    remove_stale_partials(path)  # never write through a link a stale scratch name may be
     try:
         if library is not None:
             library.save_file(tensors, partial, metadata=meta.to_strings())
@@ -108,13 +112,12 @@ def read_quantized(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor
     'int8_linear'
     """
     kind = file_kind(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{os.fspath(path)}: no such file; check the path")
     raw, raw_meta = _read_safetensors(path) if kind == "safetensors" else _read_pt(path)
     meta = parse_metadata(raw_meta, path)
     _check_checksums(raw, meta, path)
     tensors = _expand_aliases(raw, meta, path)
     check_layer_tensors(tensors, meta, path)
+    check_layer_values(tensors, meta, path)
     return tensors, meta
 
 
@@ -124,8 +127,8 @@ def read_metadata(path: str | os.PathLike[str]) -> tuple[FileMetadata, dict[str,
     if file_kind(path) == "pt":
         tensors, meta = read_quantized(path)
         return meta, {k: (t.dtype, tuple(t.shape)) for k, t in tensors.items()}
-    with open(path, "rb") as handle:
-        header = st.read_header(handle, path)
+    with open_regular(path) as handle:
+        header = st.read_header(handle, path, require_metadata=True)
     meta = parse_metadata(header.metadata, path)
     shapes = {name: (e.dtype, e.shape) for name, e in header.tensors.items()}
     for alias, target in meta.aliases.items():
@@ -192,6 +195,11 @@ def prepare_for_saving(
     except CorruptFileError as exc:
         raise ValueError(f"info does not describe this model ({exc.problem}); pass the info returned "
                          "together with this model, or none") from None
+    try:
+        check_layer_values(_expand_aliases(tensors, meta, "(not saved)"), meta, "(not saved)")
+    except CorruptFileError as exc:
+        raise ValueError(f"cannot save: {exc.problem.removesuffix(_VALUES_HINT)}; a file holding it would not "
+                         "load. Quantize the layer again from its float weights") from None
     return tensors, meta
 
 
@@ -293,19 +301,14 @@ def _class_name(cls: type) -> str:
 
 
 def _read_safetensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    with open(path, "rb") as handle:
-        header = st.read_header(handle, path)
+    with open_regular(path) as handle:
+        header = st.read_header(handle, path, require_metadata=True)
         tensors = {name: st.read_tensor(handle, entry, path) for name, entry in header.tensors.items()}
     return tensors, header.metadata
 
 
 def _read_pt(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    try:  # weights_only: the unpickler builds tensors and plain containers only, never runs code
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for damaged zips and pickles
-        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise CorruptFileError(path, f"torch.load(weights_only=True) cannot read it ({type(exc).__name__}: "
-                                     f"{detail}); the file is truncated, corrupted or not a mono_quant .pt file") from None
+    obj = load_pt_untrusted(path, "a mono_quant .pt file")
     if not isinstance(obj, dict) or set(obj) != _PT_KEYS:
         raise CorruptFileError(path, "a mono_quant .pt file holds a dict with exactly the keys 'tensors' and "
                                      "'metadata'; this one does not")
@@ -323,6 +326,19 @@ def _read_pt(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
                                          "only dense CPU tensors of the safetensors dtypes are allowed")
         out[name] = tensor.contiguous()
     return out, metadata
+
+
+def load_pt_untrusted(path, what: str):
+    """``torch.load(weights_only=True)`` of a regular file (the unpickler builds tensors and
+    plain containers only, never runs code); whatever torch raises for a damaged zip or pickle
+    is a ``CorruptFileError`` saying the file is not ``what``."""
+    with open_regular(path) as handle:
+        try:
+            return torch.load(handle, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for damaged zips and pickles
+            detail = " ".join(str(exc).split())[:200]
+            problem = f"torch.load(weights_only=True) cannot read it ({type(exc).__name__}: {detail})"
+    raise CorruptFileError(path, f"{problem}; the file is truncated, corrupted or not {what}")
 
 
 def _check_checksums(raw: Mapping[str, torch.Tensor], meta: FileMetadata, path) -> None:
@@ -385,6 +401,50 @@ def check_layer_tensors(tensors: Mapping[str, torch.Tensor], meta: FileMetadata,
             if attrs & set(_QUANT_STATE_KEYS) and prefix not in meta.layers:
                 raise CorruptFileError(path, f"layer {prefix!r} holds quantized tensors but the metadata has no "
                                              "record of it")
+
+
+_VALUES_HINT = "; the file was altered or written by a broken tool"
+
+
+def check_layer_values(tensors: Mapping[str, torch.Tensor], meta: FileMetadata, path) -> None:
+    """Each format layer's values against the ranges its format allows (``range_problems``:
+    scales finite and > 0, zero points inside their range, ...), on the canonical tensors
+    before any module is built; the first problem is a ``CorruptFileError`` naming the tensor.
+    Run after ``check_layer_tensors`` (dtypes and shapes are right)."""
+    for entry in meta.layers.values():
+        if entry.fmt is None:
+            continue
+        problems = entry.fmt.range_problems(entry.params, layer_tensors(entry, tensors, meta))
+        if problems:
+            where = _name_problem(problems[0], lambda name, entry=entry: meta.file_key(entry, name))
+            raise CorruptFileError(path, f"layer {entry.name!r} ({entry.kind}): {where}{_VALUES_HINT}")
+
+
+def check_state_layer(entry: LayerEntry, tensors: Mapping[str, torch.Tensor], path) -> None:
+    """``check_layer_tensors`` and ``check_layer_values`` for one state_dict-layout layer whose
+    tensors are keyed without the layer prefix (``weight``, ``weight_scale``, ...), as
+    ``quantize_checkpoint`` has them: a layer that would make a file its loader refuses is a
+    ``CorruptFileError`` naming ``path``, the checkpoint it came from."""
+    fmt, where = entry.fmt, f"layer {entry.name!r} ({entry.kind})"
+    own = fmt.to_module_names(tensors)
+    for name, spec in fmt.expected_tensors(entry.params).items():
+        key = join_key(entry.name, fmt.state_key(name))
+        problem = "is missing" if name not in own else spec.problem(own[name])
+        if problem:
+            raise CorruptFileError(path, f"{where}: tensor {key!r} {problem}; the checkpoint's tensors of this "
+                                         "layer do not fit together")
+    problems = fmt.range_problems(entry.params, own)
+    if problems:
+        raise CorruptFileError(path, f"{where}: {_name_problem(problems[0], lambda n: join_key(entry.name, fmt.state_key(n)))}"
+                                     + _VALUES_HINT)
+
+
+def _name_problem(problem, file_key) -> str:
+    """"tensor 'fc.scale' has ..." for a RangeProblem (``file_key`` maps the module tensor
+    name to the key in the file); a plain string from an older format is used as it is."""
+    if isinstance(problem, RangeProblem):
+        return f"tensor {file_key(problem.tensor)!r} {problem.problem}"
+    return str(problem)
 
 
 def _cast_dtype(entry) -> torch.dtype:

@@ -8,7 +8,6 @@ selection rules, so the output equals ``dynamic_quantize(state_dict)`` tensor fo
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -17,13 +16,15 @@ from typing import Any
 import torch
 
 from . import _safetensors as st
-from ._file_metadata import FileMetadata, global_values
+from ._file_metadata import FileMetadata, LayerEntry, global_values
+from ._files import check_regular, open_regular, remove_stale_partials
+from ._json import loads_untrusted
 from ._layers import skipped_layer, state_kind
 from ._safetensors import tensor_crc32
 from .config import QuantizationConfig
 from .errors import CorruptFileError
 from .info import QuantizationInfo
-from .io import check_folder, file_kind, run_dtype, state_layer_entry
+from .io import check_folder, check_state_layer, file_kind, load_pt_untrusted, run_dtype, state_layer_entry
 from .schemes.registry import get_scheme
 from .selection import state_skip_reason
 from .state_dict import join_key, split_key
@@ -73,7 +74,7 @@ def quantize_checkpoint(
                 else:
                     out, record = tensors, skipped_layer(prefix, state_kind(prefix, tensors), tensors, reason)
                 info.add(record)
-                entry = state_layer_entry(prefix, out, record)
+                entry = source.layer_entry(prefix, tensors, out, record)
                 if entry is not None:
                     layers[prefix] = entry
                 for attr, tensor in out.items():
@@ -121,11 +122,27 @@ class Checkpoint:
             out.update((n, (e.dtype, e.shape)) for n, e in _header(Path(path)).tensors.items() if n in self.names)
         return out
 
+    def layer_entry(self, prefix: str, source: Mapping[str, torch.Tensor], out: Mapping[str, torch.Tensor],
+                    record) -> LayerEntry | None:
+        """The metadata record of layer ``prefix`` as written (``out``, made from ``source``).
+        Its tensors must fit its format as ``load_quantized`` checks them (dtypes, shapes,
+        values), so that the file written loads: a source whose layer cannot (an already
+        quantized layer with bad values, a bias that does not match the weight) is a
+        ``CorruptFileError`` naming the file that holds it."""
+        path = self.names[join_key(prefix, next(iter(source)))]
+        try:
+            entry = state_layer_entry(prefix, out, record)
+        except ValueError as exc:
+            raise CorruptFileError(path, str(exc)) from None
+        if entry is not None and entry.fmt is not None:
+            check_state_layer(entry, out, path)
+        return entry
+
     def read(self, names: list[str]) -> dict[str, torch.Tensor]:
         """The named tensors (each file is opened for this call only)."""
         if self._whole is not None:
             return {n: self._whole[n] for n in names}
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         out: dict[str, torch.Tensor] = {}
         by_file: dict[str, list[str]] = {}
@@ -134,9 +151,12 @@ class Checkpoint:
         for path, file_names in by_file.items():
             # Opened per layer on purpose: safe_open maps the whole file, and pages it has
             # touched count towards the process's memory until the file is closed.
-            with safe_open(path, framework="pt", device="cpu") as handle:
-                for name in file_names:
-                    out[name] = handle.get_tensor(name)
+            try:
+                with safe_open(path, framework="pt", device="cpu") as handle:
+                    for name in file_names:
+                        out[name] = handle.get_tensor(name)
+            except SafetensorError as exc:  # our header check passed: the file changed, or the library is stricter
+                raise CorruptFileError(path, f"the safetensors library cannot read it ({' '.join(str(exc).split())[:200]})") from None
         return out
 
 
@@ -146,8 +166,9 @@ def open_checkpoint(src: str | os.PathLike[str]) -> Checkpoint:
     path = Path(src)
     if path.is_dir():
         path = _pick_in_folder(path)
-    if not path.is_file():
+    elif not os.path.lexists(path):
         raise FileNotFoundError(f"{os.fspath(src)}: no such file or folder; check the path")
+    check_regular(path, "checkpoint file")
     name = path.name.lower()
     if name.endswith(".json"):
         _require_reader()
@@ -175,8 +196,10 @@ def _pick_in_folder(folder: Path) -> Path:
 
 
 def _index_names(index: Path) -> dict[str, str]:
+    with open_regular(index, "checkpoint index") as handle:
+        text = handle.read()
     try:
-        data = json.loads(index.read_text(encoding="utf-8"))
+        data = loads_untrusted(text.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CorruptFileError(index, f"the index is not valid JSON ({exc})") from None
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
@@ -187,7 +210,7 @@ def _index_names(index: Path) -> dict[str, str]:
         if Path(shard).name != shard or shard in ("", ".", ".."):
             raise CorruptFileError(index, f"shard {shard!r} must be a file name in the index's folder")
         shard_path = index.parent / shard
-        if not shard_path.is_file():
+        if not os.path.lexists(shard_path):
             raise CorruptFileError(index, f"shard {shard!r} does not exist next to the index")
         shards[shard] = set(_header(shard_path).tensors)
     for name, shard in weight_map.items():
@@ -202,16 +225,12 @@ def _index_names(index: Path) -> dict[str, str]:
 
 
 def _header(path: Path) -> st.Header:
-    with open(path, "rb") as handle:
+    with open_regular(path, "checkpoint file") as handle:
         return st.read_header(handle, path)
 
 
 def _load_whole(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CorruptFileError(path, f"torch.load(weights_only=True) cannot read it ({type(exc).__name__}); "
-                                     "the file is truncated, corrupted or not a state_dict") from None
+    state = load_pt_untrusted(path, "a state_dict")
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
@@ -248,6 +267,7 @@ class _PtSink:
     def __init__(self, path) -> None:
         self.path = os.fspath(path)
         self._tensors: dict[str, torch.Tensor] = {}
+        remove_stale_partials(self.path)  # left by a killed run; never written through
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         self._tensors[name] = tensor

@@ -182,7 +182,7 @@ def validate_file(
     try:
         tensors, meta = read_quantized(path)
     except CorruptFileError as exc:
-        report.checks["load"] = CheckResult("load", "failed", exc.problem)
+        report.checks["load"] = CheckResult("load", "failed", str(exc))  # names the file
         for name in ("sqnr", "size", "range"):
             report.checks[name] = CheckResult(name, "skipped", "the file cannot be read")
         return _ordered(report)

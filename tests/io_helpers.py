@@ -106,3 +106,29 @@ def int4_quantize_linears(model: nn.Module, group_size: int = 32, symmetric: boo
             if type(child) is nn.Linear and QuantizedLinearInt4.supports(child, group_size) is None:
                 parent._modules[name] = QuantizedLinearInt4.from_float(child, group_size, symmetric)
     return model
+
+
+def rewrite_tensors(path: Path, edit) -> None:
+    """Apply ``edit(tensors)`` (in place, names as stored) to a mono_quant file of either format
+    and recompute the CRC-32 checksums, so that only the value checks can tell."""
+    from mono_quant._safetensors import tensor_crc32
+
+    path = Path(path)
+    if path.suffix == ".pt":
+        obj = torch.load(path, weights_only=True)
+        tensors, metadata = obj["tensors"], obj["metadata"]
+    else:
+        with open(path, "rb") as handle:
+            header = st.read_header(handle, path)
+            tensors = {n: st.read_tensor(handle, e, path) for n, e in header.tensors.items()}
+        metadata = dict(header.metadata)
+    with torch.no_grad():
+        edit(tensors)
+    metadata["checksums"] = json.dumps({n: tensor_crc32(t.contiguous()) for n, t in tensors.items()})
+    if path.suffix == ".pt":
+        torch.save({"tensors": tensors, "metadata": metadata}, path)
+        return
+    with st.StreamingWriter(path) as writer:
+        for n, t in tensors.items():
+            writer.write(n, t)
+        writer.finish(metadata)

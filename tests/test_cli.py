@@ -162,3 +162,33 @@ def test_console_script_is_declared():
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["mono-quant"] == "mono_quant.cli:main"
+
+
+NUMERIC_OPTIONS = {  # every numeric option, with values it must refuse (NaN, infinities, out of range)
+    "--min-sqnr": (["validate", "x.pt"], ["nan", "NaN", "inf", "-inf", "1e999", "lots"],
+                   "argument --min-sqnr: (must be a finite number|invalid float value)"),
+    "--min-params": (["quantize", "a.safetensors", "b.safetensors"], ["nan", "inf", "-1", "1.5", "1e3", "many"],
+                     "argument --min-params: (must be an integer >= 0|invalid int value)"),
+    "--group-size": (["quantize", "a.safetensors", "b.safetensors"], ["nan", "inf", "-128", "0", "100", "128.0"],
+                     "argument --group-size: (invalid choice|invalid int value)"),
+}
+
+
+@pytest.mark.parametrize("option", NUMERIC_OPTIONS)
+def test_numeric_options_refuse_nan_infinities_and_out_of_range_values(capsys, option):
+    import re
+
+    command, values, pattern = NUMERIC_OPTIONS[option]
+    for value in values:
+        code, out, err = run(capsys, *command, f"{option}={value}")  # "-inf" alone would look like an option
+        assert code == 2 and out == "" and err.count("\n") == 1 and re.search(pattern, err), (value, err)
+        assert repr(value) in err or value in err, err
+
+
+def test_numeric_options_take_their_valid_values(capsys):
+    from mono_quant.cli import build_parser
+
+    args = build_parser().parse_args(["validate", "x.pt", "--min-sqnr", "-3.5"])
+    assert args.min_sqnr == -3.5
+    args = build_parser().parse_args(["quantize", "a", "b", "--min-params", "0", "--group-size", "64"])
+    assert args.min_params == 0 and args.group_size == 64

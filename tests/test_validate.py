@@ -264,6 +264,8 @@ def test_on_failure_warn_is_the_default(broken):
     with pytest.warns(RuntimeWarning, match="validation failed: .*range check failed: 0: scale has 1 value"):
         qmodel, info = dynamic_quantize(make_mlp(), broken)
     assert not info.validation.passed and "range check failed: 0: scale has 1 value" in info.warnings[-1]
+    # A scale <= 0 cannot be saved either (a file holding it would not load).
+    assert "cannot save: layer '0' (int8_linear): tensor '0.scale'" in info.validation.checks["load"].message
     assert isinstance(qmodel, nn.Module)
 
 

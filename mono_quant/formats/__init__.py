@@ -6,7 +6,7 @@
 'int8_linear'
 """
 
-from .base import Expected, LayerFormat
+from .base import Expected, LayerFormat, RangeProblem
 from .int4 import Int4LinearFormat
 from .int8 import Int8Conv2dFormat, Int8LinearFormat
 from .registry import format_for_module, format_for_state, format_kinds, get_format, register_format
@@ -24,6 +24,7 @@ __all__ = [
     "Int8Conv2dFormat",
     "Int8LinearFormat",
     "LayerFormat",
+    "RangeProblem",
     "StaticInt8Conv2dFormat",
     "StaticInt8LinearFormat",
     "format_for_module",

@@ -41,6 +41,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .._json import brief
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -112,8 +114,11 @@ class LayerFormat(ABC):
         """The float32 weight the layer computes with (for SQNR)."""
 
     @abstractmethod
-    def range_problems(self, params: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> list[str]:
-        """Quantized values outside the format's range, scales not finite and positive, ..."""
+    def range_problems(self, params: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> list[RangeProblem]:
+        """Every value the format does not allow (scales not finite and > 0, zero points outside
+        their range, ...), each naming its tensor. Empty for a well-formed layer. Saving and
+        loading refuse a layer with problems; ``validate`` reports them. Called on the
+        canonical tensors (as a file holds them), never on module internals."""
 
     @abstractmethod
     def describe(self, params: Mapping[str, Any]) -> str:
@@ -148,28 +153,66 @@ def require(params: Mapping[str, Any], key: str, kind: str) -> Any:
         "pair": lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_count, v)),
     }[kind](value)
     if not ok:
-        raise ValueError(f"field {key!r} must be a {kind}; got {value!r}")
+        raise ValueError(f"field {key!r} must be a {kind}; got {brief(value)}")
     return value
 
 
-def check_scale(name: str, scale: torch.Tensor) -> list[str]:
+@dataclass(frozen=True)
+class RangeProblem:
+    """A value a format does not allow: ``tensor`` is the module tensor name ("scale"),
+    ``problem`` says what is wrong; ``str()`` gives "scale has 1 value(s) <= 0 (min -1)"."""
+
+    tensor: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.tensor} {self.problem}"
+
+
+def check_scale(name: str, scale: torch.Tensor) -> list[RangeProblem]:
     """Problems of a scale tensor: not finite or not positive."""
     s = scale.detach().float()
-    problems = []
-    if not bool(torch.isfinite(s).all()):
-        problems.append(f"{name} has {int((~torch.isfinite(s)).sum())} non-finite value(s)")
-    elif s.numel() and not bool((s > 0).all()):
-        problems.append(f"{name} has {int((s <= 0).sum())} value(s) <= 0 (min {float(s.min()):g})")
-    return problems
+    finite = torch.isfinite(s)
+    if not bool(finite.all()):
+        return [RangeProblem(name, f"has {int((~finite).sum())} non-finite value(s)")]
+    if s.numel() and not bool((s > 0).all()):
+        return [RangeProblem(name, f"has {int((s <= 0).sum())} value(s) <= 0 (min {float(s.min()):g})")]
+    return []
 
 
-def check_range(name: str, tensor: torch.Tensor, low: int, high: int) -> list[str]:
+def check_finite(name: str, tensor: torch.Tensor) -> list[RangeProblem]:
+    """Problems of a float tensor that must be finite (a bias the kernels add)."""
+    finite = torch.isfinite(tensor.detach())
+    if not bool(finite.all()):
+        return [RangeProblem(name, f"has {int((~finite).sum())} non-finite value(s)")]
+    return []
+
+
+def check_range(name: str, tensor: torch.Tensor, low: int, high: int) -> list[RangeProblem]:
     """Problems of an integer tensor whose values must lie in ``[low, high]``."""
     if tensor.numel() == 0:
         return []
     mn, mx = int(tensor.min()), int(tensor.max())
     if mn < low or mx > high:
-        return [f"{name} has values in [{mn}, {mx}], outside [{low}, {high}]"]
+        return [RangeProblem(name, f"has values in [{mn}, {mx}], outside [{low}, {high}]")]
+    return []
+
+
+def check_equal(name: str, tensor: torch.Tensor, value: int, why: str) -> list[RangeProblem]:
+    """Problems of an integer tensor whose values must all be ``value`` (``why`` says why)."""
+    if tensor.numel() == 0:
+        return []
+    mn, mx = int(tensor.min()), int(tensor.max())
+    if mn != value or mx != value:
+        return [RangeProblem(name, f"has values in [{mn}, {mx}]; {why} needs {value} everywhere")]
+    return []
+
+
+def check_uniform(name: str, tensor: torch.Tensor, why: str) -> list[RangeProblem]:
+    """Problems of a tensor whose values must all be the same (``why`` says why)."""
+    flat = tensor.detach().reshape(-1)
+    if flat.numel() and not bool((flat == flat[0]).all()):
+        return [RangeProblem(name, f"holds different values; {why} stores one value repeated")]
     return []
 
 

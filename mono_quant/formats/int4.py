@@ -15,7 +15,9 @@ from torch import nn
 
 from .. import _kernels as K
 from ..nn.qlinear_int4 import QuantizedLinearInt4
-from .base import FLOAT_DTYPES, Expected, LayerFormat, check_range, check_scale, fill_layer, require
+from .base import (
+    FLOAT_DTYPES, Expected, LayerFormat, RangeProblem, check_equal, check_range, check_scale, fill_layer, require,
+)
 from .int8 import INT8_STATE_KEYS
 
 INT4_ZERO_POINT_MAX = 15
@@ -106,10 +108,14 @@ class Int4LinearFormat(LayerFormat):
         return K.int4_dequantize(tensors["qweight"], tensors["scale"], tensors["zero_point"], params["group_size"],
                                  torch.float32)
 
-    def range_problems(self, params: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    def range_problems(self, params: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> list[RangeProblem]:
         # Nibbles are 0..15 by construction; zero points are stored in a byte and must be too.
-        return check_range("zero_point", tensors["zero_point"], 0, INT4_ZERO_POINT_MAX) + check_scale(
-            "scale", tensors["scale"])
+        # Any finite positive float16 is a scale the quantizer can store (2^-24 .. 65504).
+        zp = tensors["zero_point"]
+        problems = check_scale("scale", tensors["scale"]) + check_range("zero_point", zp, 0, INT4_ZERO_POINT_MAX)
+        if not problems and params.get("symmetric"):
+            problems = check_equal("zero_point", zp, SYMMETRIC_ZERO_POINT, "symmetric int4")
+        return problems
 
     def describe(self, params: Mapping[str, Any]) -> str:
         symmetry = "symmetric" if params.get("symmetric", True) else "asymmetric"

@@ -14,9 +14,13 @@ import torch
 from torch import nn
 
 from .._int8 import dequantize_weight_int8, int8_qdtype
+from .._json import brief
 from .._reference import INT8_RANGES
 from ..nn import QuantizedConv2d, QuantizedLinear
-from .base import FLOAT_DTYPES, Expected, LayerFormat, check_range, check_scale, fill_layer, require
+from .base import (
+    FLOAT_DTYPES, Expected, LayerFormat, RangeProblem, check_equal, check_range, check_scale, check_uniform, fill_layer,
+    require,
+)
 
 INT8_STATE_KEYS = {"qweight": "weight", "scale": "weight_scale", "zero_point": "weight_zero_point"}
 _CONV_FIELDS = ("stride", "padding", "dilation", "groups", "padding_mode")
@@ -74,13 +78,19 @@ class _Int8Format(LayerFormat):
     def dequantize(self, params: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return dequantize_weight_int8(tensors["qweight"], tensors["scale"], tensors["zero_point"], torch.float32)
 
-    def range_problems(self, params: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> list[str]:
-        q = tensors["qweight"]
+    def range_problems(self, params: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> list[RangeProblem]:
+        # qweight's dtype bounds its values; what can be wrong is in the quantization parameters.
+        q, scale, zp = tensors["qweight"], tensors["scale"], tensors["zero_point"]
         qmin, qmax = INT8_RANGES.get(q.dtype, (0, -1))
         if qmax < qmin:
-            return [f"qweight is {q.dtype}, not int8 or uint8"]
-        problems = check_range("qweight", q, qmin, qmax) + check_range("zero_point", tensors["zero_point"], qmin, qmax)
-        return problems + check_scale("scale", tensors["scale"])
+            return [RangeProblem("qweight", f"is {q.dtype}, not int8 or uint8")]
+        problems = check_scale("scale", scale) + check_range("zero_point", zp, qmin, qmax)
+        if not problems and q.dtype == torch.int8:
+            problems = check_equal("zero_point", zp, 0, "symmetric int8")
+        if not problems and params.get("per_channel") is False:
+            problems = check_uniform("scale", scale, "per-tensor quantization") + check_uniform(
+                "zero_point", zp, "per-tensor quantization")
+        return problems
 
     def describe(self, params: Mapping[str, Any]) -> str:
         dtype = "int8" if params.get("symmetric", True) else "uint8"
@@ -154,7 +164,7 @@ class Int8Conv2dFormat(_Int8Format):
         if "padding_mode" in params:
             require(params, "padding_mode", "str")
         if "padding" in params and not (params["padding"] in ("same", "valid") or _is_pair(params["padding"])):
-            raise ValueError(f"field 'padding' must be two integers, 'same' or 'valid'; got {params['padding']!r}")
+            raise ValueError(f"field 'padding' must be two integers, 'same' or 'valid'; got {brief(params['padding'])}")
 
     def skeleton_mismatch(self, params: Mapping[str, Any], module: nn.Module) -> str | None:
         shape = list(module.weight.shape)

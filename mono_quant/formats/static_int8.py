@@ -18,7 +18,7 @@ from torch import nn
 from .._int8 import int8_qdtype
 from .._reference import INT8_RANGES
 from ..nn import StaticQuantizedConv2d, StaticQuantizedLinear
-from .base import Expected, check_range, check_scale, require
+from .base import Expected, RangeProblem, check_equal, check_finite, check_range, check_scale, require
 from .int8 import Int8Conv2dFormat, Int8LinearFormat
 
 INPUT = (1,)
@@ -43,10 +43,21 @@ class _StaticInput:
         return {**super().expected_tensors(params), "input_scale": Expected((torch.float32,), INPUT),
                 "input_zero_point": Expected((torch.int32,), INPUT)}
 
-    def range_problems(self, params: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    def range_problems(self, params: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> list[RangeProblem]:
+        # The static kernel's contract (csrc/mono_quant.h): both scales finite and > 0 and so is
+        # their product, zero points inside their operand's range, a finite bias.
         qmin, qmax = INT8_RANGES[int8_qdtype(params["activation_symmetric"])]
-        return (super().range_problems(params, tensors) + check_scale("input_scale", tensors["input_scale"])
-                + check_range("input_zero_point", tensors["input_zero_point"], qmin, qmax))
+        x_scale, x_zp = tensors["input_scale"], tensors["input_zero_point"]
+        problems = (super().range_problems(params, tensors) + check_scale("input_scale", x_scale)
+                    + check_range("input_zero_point", x_zp, qmin, qmax))
+        if not problems and params["activation_symmetric"]:
+            problems = check_equal("input_zero_point", x_zp, 0, "symmetric (int8) inputs")
+        if not problems and not bool(torch.isfinite(x_scale.float() * tensors["scale"].float()).all()):
+            problems = [RangeProblem("input_scale", "times a weight scale overflows float32; the layer "
+                                                   "cannot compute a finite output")]
+        if "bias" in tensors:
+            problems += check_finite("bias", tensors["bias"])
+        return problems
 
     def describe(self, params: Mapping[str, Any]) -> str:
         inputs = "int8" if params.get("activation_symmetric") else "uint8"
