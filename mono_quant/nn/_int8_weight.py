@@ -7,9 +7,10 @@ from torch import nn
 
 from .. import _ops  # noqa: F401  (registers torch.ops.mono_quant)
 from .._int8 import int8_qdtype, quantize_weight_int8
+from ._routes import NoScriptMixin
 
 
-class Int8WeightMixin:
+class Int8WeightMixin(NoScriptMixin):
     """Holds ``qweight`` (int8/uint8, weight shape), ``scale`` (float32 ``[out]``),
     ``zero_point`` (int32 ``[out]``) and an optional float ``bias``, all as buffers.
 

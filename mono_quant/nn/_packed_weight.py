@@ -18,6 +18,7 @@ import math
 import torch
 
 from ._readonly import ReadOnlyTensor
+from ._routes import NoScriptMixin
 
 CANONICAL = ("qweight", "scale", "zero_point")
 
@@ -33,7 +34,7 @@ def _canonical_property(name: str) -> property:
                                   f"assigning a tensor repacks).")
 
 
-class PackedLinearMixin:
+class PackedLinearMixin(NoScriptMixin):
     """Storage and state_dict plumbing of a Linear layer whose weight is packed.
 
     A subclass sets ``in_features`` / ``out_features`` and implements ``_canonical_from_packed``
