@@ -34,6 +34,7 @@ _backend: contextvars.ContextVar[str] = contextvars.ContextVar(
 _warned_missing = False
 
 C_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_C_FLOAT_DTYPE_SET = frozenset(C_FLOAT_DTYPES)
 
 
 def c_available() -> bool:
@@ -590,8 +591,8 @@ def linear_packed_uses_c(x: torch.Tensor, packed: torch.Tensor) -> bool:
     """True when ``linear_packed`` may run ``x`` on ``packed``: both on the CPU, ``x`` of a
     dtype the kernel takes, the extension built and the backend not ``"reference"`` (under
     which the modules compute in float, in torch)."""
-    return (x.dtype in C_FLOAT_DTYPES and x.device.type == "cpu" and packed.device.type == "cpu"
-            and linear_c_enabled())
+    # Per-call hot path: Tensor.is_cpu and a frozenset cost a fraction of .device.type and a tuple.
+    return x.is_cpu and packed.is_cpu and x.dtype in _C_FLOAT_DTYPE_SET and linear_c_enabled()
 
 
 def linear_c_enabled() -> bool:

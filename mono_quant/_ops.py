@@ -51,12 +51,15 @@ _SCHEMAS = {
 
 
 def _register(name: str):
-    """Define ``mono_quant::<name>`` and make the decorated function its implementation."""
+    """Define ``mono_quant::<name>`` with the decorated function as its implementation; the
+    name is then bound to the operator (``torch.ops.mono_quant.<name>.default``), which is what
+    the modules call: the overload object itself, fetched once, costs less per call than
+    ``torch.ops.mono_quant.<name>(...)``, which resolves the overload on every call."""
 
     def decorate(fn):
         _lib.define(_SCHEMAS[name])
         _lib.impl(name, fn, "CompositeExplicitAutograd")
-        return fn
+        return getattr(getattr(torch.ops, NAMESPACE), name).default
 
     return decorate
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import _ops  # noqa: F401  (registers torch.ops.mono_quant)
+from .. import _ops as ops
 from .._int8 import int8_qdtype, quantize_weight_int8
 from ._routes import NoScriptMixin
 
@@ -61,7 +61,7 @@ class Int8WeightMixin(NoScriptMixin):
         >>> layer.dequantized_weight().shape == layer.qweight.shape
         True
         """
-        return torch.ops.mono_quant.dequantize_int8(self.qweight, self.scale, self.zero_point, dtype)
+        return ops.dequantize_int8(self.qweight, self.scale, self.zero_point, dtype)
 
     def storage_bytes(self) -> int:
         """Bytes of the layer's tensors (the file layout, held as it is), for size reports."""

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .. import _kernels as K
-from .. import _ops  # noqa: F401  (registers torch.ops.mono_quant)
+from .. import _ops as ops
 from .._int8 import int8_qdtype
 
 
@@ -60,7 +60,7 @@ class StaticInputMixin:
     def fake_quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` after a quantize-dequantize round trip, in ``x``'s dtype: the values the
         quantized layer actually sees."""
-        return torch.ops.mono_quant.fake_quantize_per_tensor(x, self.input_scale, self.input_zero_point,
+        return ops.fake_quantize_per_tensor(x, self.input_scale, self.input_zero_point,
                                                              self.activation_symmetric)
 
     def _input_repr(self) -> str:

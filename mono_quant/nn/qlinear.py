@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _kernels as K
-from .. import _ops  # noqa: F401  (registers torch.ops.mono_quant)
+from .. import _ops as ops
 from .. import _reference as ref
 from .._int8 import int8_qdtype, quantize_weight_int8
 from ..config import QuantizationConfig
@@ -99,7 +99,7 @@ class QuantizedLinear(PackedLinearMixin, nn.Module):
         if x.requires_grad and torch.is_grad_enabled():
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return F.linear(x, self.dequantized_weight(x.dtype), bias)
-        return torch.ops.mono_quant.linear_int8(x, self.packed, self.out_features, self.in_features, self.bias)
+        return ops.linear_int8(x, self.packed, self.out_features, self.in_features, self.bias)
 
     def uses_fast_path(self, x: torch.Tensor) -> bool:
         """True when ``forward(x)`` runs the C kernel rather than dequantize + ``F.linear``.
@@ -115,7 +115,7 @@ class QuantizedLinear(PackedLinearMixin, nn.Module):
         >>> layer.dequantized_weight().shape == (layer.out_features, layer.in_features)
         True
         """
-        return torch.ops.mono_quant.dequantize_linear(self.packed, self.out_features, self.in_features, 0, dtype)
+        return ops.dequantize_linear(self.packed, self.out_features, self.in_features, 0, dtype)
 
     # ---- the packed storage (PackedLinearMixin) -------------------------------------------
     def _packed_size(self) -> int:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _kernels
-from .. import _ops  # noqa: F401  (registers torch.ops.mono_quant)
+from .. import _ops as ops
 from .. import _reference as ref
 from ._input_check import check_float_input
 from ._packed_weight import PackedLinearMixin, check_canonical_tensors
@@ -130,7 +130,7 @@ class QuantizedLinearInt4(PackedLinearMixin, nn.Module):
         >>> layer.dequantized_weight(torch.float16).shape == (layer.out_features, layer.in_features)
         True
         """
-        return torch.ops.mono_quant.dequantize_linear(self.packed, self.out_features, self.in_features,
+        return ops.dequantize_linear(self.packed, self.out_features, self.in_features,
                                                       self.group_size, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,7 +138,7 @@ class QuantizedLinearInt4(PackedLinearMixin, nn.Module):
         if x.requires_grad and torch.is_grad_enabled():
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return F.linear(x, self.dequantized_weight(x.dtype), bias)
-        return torch.ops.mono_quant.linear_int4(x, self.packed, self.out_features, self.in_features,
+        return ops.linear_int4(x, self.packed, self.out_features, self.in_features,
                                                 self.group_size, self.bias)
 
     def uses_fast_path(self, x: torch.Tensor) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import _ops  # noqa: F401  (registers torch.ops.mono_quant)
+from .. import _ops as ops
 from ..config import QuantizationConfig
 from ._input_check import check_float_input
 from ._int8_weight import Int8WeightMixin, check_int8_config
@@ -87,7 +87,7 @@ class StaticQuantizedLinear(StaticInputMixin, Int8WeightMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_float_input(self, x)
-        return torch.ops.mono_quant.linear_static(
+        return ops.linear_static(
             x, self.input_scale, self.input_zero_point, self.activation_symmetric,
             self.qweight, self.scale, self.zero_point, self.bias,
         )
