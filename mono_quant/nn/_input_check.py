@@ -1,4 +1,4 @@
-"""The input check every quantized module's ``forward`` starts with.
+"""The checks of what a quantized module is given: its sizes when built, its input in ``forward``.
 
 ``nn.Linear`` and ``nn.Conv2d`` refuse an integer input (their float weight does not match
 it). A quantized module must refuse it too: without the check, dequantizing the weight "to
@@ -33,3 +33,14 @@ def check_float_input(module: nn.Module, x: object) -> None:
         f"{type(module).__name__} takes a floating-point input ({_NAMES}); got {got}; "
         "convert it first, e.g. x.float() (as nn.Linear and nn.Conv2d, it does not take integer inputs)"
     )
+
+
+def check_features(in_features: int, out_features: int) -> tuple[int, int]:
+    """``(in_features, out_features)`` as ints, or a ValueError unless both are positive.
+
+    >>> check_features(64, 32)
+    (64, 32)
+    """
+    if in_features <= 0 or out_features <= 0:
+        raise ValueError(f"in_features and out_features must be positive; got {in_features} and {out_features}")
+    return int(in_features), int(out_features)

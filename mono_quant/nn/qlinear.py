@@ -11,7 +11,7 @@ from .. import _ops as ops
 from .. import _reference as ref
 from .._int8 import int8_qdtype, quantize_weight_int8
 from ..config import QuantizationConfig
-from ._input_check import check_float_input
+from ._input_check import check_features, check_float_input
 from ._int8_weight import check_int8_config
 from ._packed_weight import PackedLinearMixin, check_canonical_tensors
 
@@ -50,12 +50,7 @@ class QuantizedLinear(PackedLinearMixin, nn.Module):
         bias_dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        if in_features <= 0 or out_features <= 0:
-            raise ValueError(
-                f"in_features and out_features must be positive; got {in_features} and {out_features}"
-            )
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
+        self.in_features, self.out_features = check_features(in_features, out_features)
         self.symmetric = bool(symmetric)
         self.per_channel = bool(per_channel)
         n, qdtype = self.out_features, int8_qdtype(self.symmetric)

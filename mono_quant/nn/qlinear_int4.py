@@ -9,7 +9,7 @@ from torch import nn
 from .. import _kernels
 from .. import _ops as ops
 from .. import _reference as ref
-from ._input_check import check_float_input
+from ._input_check import check_features, check_float_input
 from ._packed_weight import PackedLinearMixin, check_canonical_tensors
 
 
@@ -54,14 +54,9 @@ class QuantizedLinearInt4(PackedLinearMixin, nn.Module):
         bias_dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        if in_features <= 0 or out_features <= 0:
-            raise ValueError(
-                f"in_features and out_features must be positive; got {in_features} and {out_features}"
-            )
+        self.in_features, self.out_features = check_features(in_features, out_features)
         _kernels.check_int4_group_size(group_size)
         _kernels.check_int4_divisible(in_features, group_size)
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
         self.group_size = int(group_size)
         self.symmetric = bool(symmetric)
         groups = self.in_features // self.group_size

@@ -7,7 +7,7 @@ from torch import nn
 
 from .. import _ops as ops
 from ..config import QuantizationConfig
-from ._input_check import check_float_input
+from ._input_check import check_features, check_float_input
 from ._int8_weight import Int8WeightMixin, check_int8_config
 from ._static_input import StaticInputMixin
 
@@ -45,12 +45,7 @@ class StaticQuantizedLinear(StaticInputMixin, Int8WeightMixin, nn.Module):
         bias_dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        if in_features <= 0 or out_features <= 0:
-            raise ValueError(
-                f"in_features and out_features must be positive; got {in_features} and {out_features}"
-            )
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
+        self.in_features, self.out_features = check_features(in_features, out_features)
         self._init_int8((self.out_features, self.in_features), bias, symmetric, per_channel, device, bias_dtype)
         self._init_static_input(activation_symmetric, device)
 
