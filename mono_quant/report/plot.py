@@ -10,14 +10,16 @@ Needs matplotlib (``pip install 'mono_quant[plot]'``); the rest of mono_quant ne
 this module. matplotlib rather than plotly: its figures are static images, so they show in
 Jupyter, marimo, VS Code and a saved notebook alike, with no JavaScript, no CDN and no
 browser needed to render them (plotly's static export needs a headless browser of its own),
-and they are deterministic to test. Figures are made with ``matplotlib.figure.Figure``, not
-pyplot, so nothing is drawn twice or kept open in pyplot's global state: a returned figure
-shows once as the cell's output; ``fig.savefig("x.png")`` writes it. Pass ``ax=`` to draw
-into an axes of your own figure instead.
+and they are deterministic to test. Figures are ``matplotlib.figure.Figure`` objects made
+without pyplot, so nothing is drawn twice or kept open in pyplot's global state: a returned
+figure shows once as the cell's output (it has ``_repr_png_``, so Jupyter shows it even when
+pyplot was never imported); ``fig.savefig("x.png")`` writes it. Pass ``ax=`` to draw into an
+axes of your own figure instead.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from typing import Any
 
@@ -41,6 +43,15 @@ __all__ = ["sqnr", "sizes", "weight_histogram", "scales", "error", "TONE_COLOURS
 # The report's tones (report/table.py uses the same hues as tints).
 TONE_COLOURS = {"critical": "#dc2828", "warning": "#f08c00", "fair": "#bebe28", "good": "#2ea043"}
 _BEFORE, _AFTER, _FLOAT, _GRID, _CLIP = "#9aa4b1", "#3c78dc", "#3c78dc", "#dc2828", "#222222"
+
+
+class PlotFigure(Figure):
+    """A matplotlib Figure that shows itself as a PNG in notebooks (``_repr_png_``)."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png")
+        return buffer.getvalue()
 
 
 def sqnr(info: QuantizationInfo, *, ax: Any = None) -> Figure:
@@ -226,7 +237,7 @@ def error(
 def _figure(ax: Any, size: tuple[float, float]) -> tuple[Figure, Any]:
     if ax is not None:
         return ax.figure, ax
-    fig = Figure(figsize=size, layout="constrained", dpi=100)
+    fig = PlotFigure(figsize=size, layout="constrained", dpi=100)
     return fig, fig.add_subplot()
 
 

@@ -29,7 +29,8 @@ TONES = ("good", "fair", "warning", "critical", "passed", "failed", "skipped", "
 ALIGNS = ("left", "right")
 NOTES_SHOWN = 4  # more notes than this: the first three, then the rest folded
 # How a note's tone shows in Markdown, where there is no colour.
-_MARK = {"good": "✓", "passed": "✓", "fair": "⚠", "warning": "⚠", "critical": "✗", "failed": "✗", "info": "ℹ"}
+_MARK = {"good": "✓", "passed": "✓", "fair": "⚠", "warning": "⚠",
+         "critical": "✗", "failed": "✗", "info": "ℹ"}
 
 _CSS = """
 .mq-report{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;

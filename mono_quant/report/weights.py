@@ -108,8 +108,8 @@ def layer_weights(original: ModelOrState, quantized: ModelOrState, name: str) ->
             approx = torch.cat([t.detach().reshape(-1).float() for t in layer.tensors.values()])
             reference = layer.original.detach().float().reshape(-1)
             dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in layer.tensors.values()})
-            return LayerWeights(name, f"cast to {'/'.join(dtypes)}", reference.reshape(1, -1).cpu(), approx.reshape(1, -1).cpu(),
-                                None, None, None, None)
+            return LayerWeights(name, f"cast to {'/'.join(dtypes)}", reference.reshape(1, -1).cpu(),
+                                approx.reshape(1, -1).cpu(), None, None, None, None)
         deq = layer.fmt.dequantize(layer.params, layer.tensors).detach().float().cpu()
         reference = layer.original.detach().float().cpu()
         if reference.shape != deq.shape:
@@ -155,8 +155,7 @@ def _find(original: ModelOrState, quantized: ModelOrState, name: str) -> Quantiz
         for layer in found:
             layer.name = name
     elif isinstance(original, Mapping) and isinstance(quantized, Mapping):
-        mine = lambda state: {k: v for k, v in state.items() if isinstance(k, str) and split_key(k)[0] == name}  # noqa: E731
-        found = quantized_layers(mine(original), mine(quantized))
+        found = quantized_layers(_layer_entries(original, name), _layer_entries(quantized, name))
     else:
         raise TypeError("original and quantized must both be nn.Modules or both be state_dicts; got "
                         f"{type(original).__name__} and {type(quantized).__name__}")
@@ -166,3 +165,8 @@ def _find(original: ModelOrState, quantized: ModelOrState, name: str) -> Quantiz
         raise ValueError(f"no quantized layer named {name!r} in the quantized model; its quantized layers are "
                          f"{shown or 'none'}")
     return found[0]
+
+
+def _layer_entries(state: Mapping[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """The entries of layer ``name`` in a state_dict (its own keys, not its children's)."""
+    return {k: v for k, v in state.items() if isinstance(k, str) and split_key(k)[0] == name}
