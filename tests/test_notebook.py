@@ -77,7 +77,8 @@ def html_of(nb, index: int) -> str:
 
 
 def cell_texts(html: str, tag: str = "td") -> list[str]:
-    return re.findall(rf"<{tag}[^>]*>([^<]*)</{tag}>", html)
+    """The text of each cell (markup inside a cell, such as the wrapping span, left out)."""
+    return [re.sub(r"<[^>]*>", "", cell) for cell in re.findall(rf"<{tag}[^>]*>(.*?)</{tag}>", html, re.S)]
 
 
 def test_report_objects_show_as_html_tables(executed):

@@ -10,7 +10,7 @@ and the first scheme shown.
 import marimo
 
 __generated_with = "0.25.2"
-app = marimo.App(width="medium", app_title="mono_quant playground")
+app = marimo.App(width="full", app_title="mono_quant playground")
 
 
 @app.cell

@@ -52,7 +52,7 @@ _CSS = """
  border-bottom:2px solid rgba(127,127,127,.5);white-space:nowrap}
 .mq-report table.mq-table td{padding:3px 10px;border-bottom:1px solid rgba(127,127,127,.2);
  vertical-align:top;text-align:left;white-space:nowrap}
-.mq-report table.mq-table td:last-child{white-space:normal;min-width:12em;max-width:40em}
+.mq-report .mq-wrap{display:inline-block;white-space:normal;min-width:14em;max-width:36em}
 .mq-report table.mq-table tbody tr:nth-child(even) td{background-color:rgba(127,127,127,.06)}
 .mq-report table.mq-table tbody tr:hover td{background-color:rgba(127,127,127,.14)}
 .mq-report .mq-right{text-align:right !important;font-variant-numeric:tabular-nums;white-space:nowrap}
@@ -143,7 +143,10 @@ class Table:
             out.append('<div class="mq-scroll"><table class="mq-table"><thead><tr>')
             out += [f'<th{_align(r)}>{_esc(c.label)}</th>' for c, r in zip(self.columns, right)]
             out.append("</tr></thead><tbody>")
-            out += ["<tr>" + "".join(_td(cell, r) for cell, r in zip(row, right)) + "</tr>" for row in self.rows]
+            # The last column (reasons, messages) wraps; the others keep one line each.
+            last = len(self.columns) - 1
+            out += ["<tr>" + "".join(_td(cell, r, i == last) for i, (cell, r) in enumerate(zip(row, right))) + "</tr>"
+                    for row in self.rows]
             out.append("</tbody></table></div>")
         elif self.columns:
             out.append(f'<div class="mq-empty">{_esc(self.empty)}</div>')
@@ -182,12 +185,15 @@ def _align(right: bool) -> str:
     return ' class="mq-right"' if right else ""
 
 
-def _td(cell: Cell, right: bool) -> str:
+def _td(cell: Cell, right: bool, wrap: bool = False) -> str:
     classes = ("mq-right" if right else "") + _tone_class(cell.tone)
     attrs = f' class="{classes.strip()}"' if classes else ""
     if cell.sort is not None:
         attrs += f' data-sort="{_esc(str(cell.sort))}"'
-    return f"<td{attrs}{_hint(cell.hint)}>{_esc(cell.text)}</td>"
+    text = _esc(cell.text)
+    if wrap and text and not right:  # a block: notebook stylesheets may squeeze a cell, not a block inside it
+        text = f'<span class="mq-wrap">{text}</span>'
+    return f"<td{attrs}{_hint(cell.hint)}>{text}</td>"
 
 
 # Markdown: HTML-escape first (a notebook renders raw HTML inside Markdown), then put a
