@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,8 +33,9 @@ def export(tmp_path: Path, *args: str) -> list[dict]:
     pytest.importorskip("marimo")
     pytest.importorskip("matplotlib")
     out = tmp_path / "playground.html"
+    app = shutil.copy(app_path(), tmp_path)  # marimo writes a session cache next to the app
     env = {**os.environ, **OFFLINE, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "marimo", "export", "html", str(app_path()), "-o", str(out),
+    done = subprocess.run([sys.executable, "-m", "marimo", "export", "html", app, "-o", str(out),
                            "--", *args], env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout + done.stderr
     page = out.read_text()
@@ -117,6 +119,7 @@ def test_playground_command_serves_the_app(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
+    assert not (app_path().parent / "__marimo__").exists()  # nothing written into the package
 
 
 def test_playground_command_line(capsys, monkeypatch):
@@ -126,8 +129,9 @@ def test_playground_command_line(capsys, monkeypatch):
     assert "must be a port number from 1 to 65535" in capsys.readouterr().err
     assert main(["playground", "--model", "missing.safetensors"]) == 1
     assert "missing.safetensors: no such file; check the path" in capsys.readouterr().err
-    cmd = command("m.pt", "int4", port=2718, host="0.0.0.0", headless=True)
-    assert cmd[:5] == [sys.executable, "-m", "marimo", "run", str(app_path())] and app_path().is_file()
+    assert command()[:5] == [sys.executable, "-m", "marimo", "run", str(app_path())] and app_path().is_file()
+    cmd = command("m.pt", "int4", port=2718, host="0.0.0.0", headless=True, app="/tmp/copy/app.py")
+    assert cmd[:5] == [sys.executable, "-m", "marimo", "run", "/tmp/copy/app.py"]
     assert cmd[5:] == ["--port", "2718", "--host", "0.0.0.0", "--headless", "--", "--model", "m.pt", "--dtype", "int4"]
     import importlib.util
 

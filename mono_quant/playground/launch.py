@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,13 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(model: str = "minilm", dtype: str = "int8", *, port: int | None = None, host: str | None = None,
-            headless: bool = False) -> list[str]:
-    """The ``marimo run`` command line that serves the playground.
+            headless: bool = False, app: str | os.PathLike[str] | None = None) -> list[str]:
+    """The ``marimo run`` command line that serves the playground (``app``: a copy of
+    ``app_path()``, which is the default).
 
     >>> command(port=2718, headless=True)[-8:]
     ['--port', '2718', '--headless', '--', '--model', 'minilm', '--dtype', 'int8']
     """
-    cmd = [sys.executable, "-m", "marimo", "run", str(app_path())]
+    cmd = [sys.executable, "-m", "marimo", "run", os.fspath(app or app_path())]
     if port is not None:
         cmd += ["--port", str(port)]
     if host:
@@ -73,11 +76,17 @@ def run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")  # the demo model is bundled: never reach for a hub
     env.setdefault("TRANSFORMERS_OFFLINE", "1")
-    cmd = command(args.model, args.dtype, port=args.port, host=args.host, headless=args.headless)
+    # marimo keeps a session cache next to the app it runs: run a copy, so nothing is ever
+    # written into the installed package.
+    folder = tempfile.mkdtemp(prefix="mono_quant_playground_")
     try:
+        app = shutil.copy(app_path(), folder)
+        cmd = command(args.model, args.dtype, port=args.port, host=args.host, headless=args.headless, app=app)
         return subprocess.call(cmd, env=env)
     except KeyboardInterrupt:  # marimo got the Ctrl-C too and stops itself
         return 0
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _port(text: str) -> int:
