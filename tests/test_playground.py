@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -99,6 +100,8 @@ def free_port() -> int:
 
 def test_playground_command_serves_the_app(tmp_path):
     pytest.importorskip("marimo")
+    copies = lambda: set(Path(tempfile.gettempdir()).glob("mono_quant_playground_*"))  # noqa: E731
+    before = copies()
     port = free_port()
     env = {**os.environ, **OFFLINE, "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen([sys.executable, "-m", "mono_quant.playground", "--headless", "--port", str(port)],
@@ -116,9 +119,15 @@ def test_playground_command_serves_the_app(tmp_path):
                 assert time.monotonic() < deadline, "the playground did not answer within 90 s"
                 time.sleep(0.5)
         assert "mono_quant playground" in page and "marimo" in page
+        started = copies() - before
+        assert len(started) == 1 and (next(iter(started)) / "app.py").is_file()  # it serves a copy of the app
+        server.send_signal(signal.SIGTERM)  # the launcher stops marimo and removes its copy
+        assert server.wait(30) == 0
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
         server.wait(30)
+    assert not any(folder.exists() for folder in started)
     assert not (app_path().parent / "__marimo__").exists()  # nothing written into the package
 
 

@@ -11,9 +11,11 @@ import argparse
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -79,14 +81,29 @@ def run(args: argparse.Namespace) -> int:
     # marimo keeps a session cache next to the app it runs: run a copy, so nothing is ever
     # written into the installed package.
     folder = tempfile.mkdtemp(prefix="mono_quant_playground_")
+    stop = _stop_on_sigterm()
     try:
         app = shutil.copy(app_path(), folder)
         cmd = command(args.model, args.dtype, port=args.port, host=args.host, headless=args.headless, app=app)
-        return subprocess.call(cmd, env=env)
+        return subprocess.call(cmd, env=env)  # on an exception it kills marimo before re-raising
     except KeyboardInterrupt:  # marimo got the Ctrl-C too and stops itself
         return 0
     finally:
+        stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM end the wait like Ctrl-C (so marimo is stopped and the copy removed);
+    returns the function that puts the previous handler back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum, frame):  # noqa: ARG001 (signal handler signature)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _port(text: str) -> int:
