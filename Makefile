@@ -15,7 +15,7 @@ KERNEL_TESTS ?= $(wildcard tests/test_kernels*.py tests/test_int4.py tests/test_
 	tests/test_linear_static_kernel.py tests/test_observers.py
 PYTEST_ARGS ?=
 
-.PHONY: all venv build demo test test-main test-asan wheel clean
+.PHONY: all venv build browser demo test test-main test-asan wheel clean
 
 all: build
 
@@ -44,8 +44,19 @@ demo: build
 
 test: test-main test-asan
 
-test-main: build
+test-main: build browser
 	MONO_QUANT_REQUIRE_C=1 PYTHONPATH=$(CURDIR) $(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+# Headless Chromium renders the HTML report in tests/test_browser.py: Debian's package, installed
+# here when missing and we are root (as on this project's machines; about 30 s). Anywhere else
+# those tests skip and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium with apt-get for the browser tests"; \
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			--no-install-recommends chromium >/dev/null; } || echo "could not install chromium: the browser tests will skip"; \
+	else echo "chromium is not installed (apt-get install chromium): the browser tests will skip"; fi
 
 # The same kernels built with -fsanitize=address,undefined, run by the kernel tests; any
 # report aborts the run.  Python itself is not sanitized, so the runtime is preloaded.

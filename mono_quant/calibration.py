@@ -27,6 +27,7 @@ from ._layers import own_tensors
 from ._working_copy import inference, working_copy
 from .config import QuantizationConfig
 from .observers import Observer, get_observer
+from .report.display import ReportDisplay
 from .schemes.static_int8 import StaticInt8Scheme
 from .selection import module_skip_reason, parameter_owners
 
@@ -63,8 +64,8 @@ class LayerRange:
         return self.min > self.data_min or self.max < self.data_max
 
 
-@dataclass
-class CalibrationStats:
+@dataclass(repr=False)  # repr, HTML, to_dict: mono_quant.report
+class CalibrationStats(ReportDisplay):
     """The result of ``calibrate``: per-layer input ranges and how they were obtained.
 
     ``layers``: name -> ``LayerRange`` of each layer that was called; ``never_called``:

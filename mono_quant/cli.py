@@ -3,6 +3,7 @@
     mono-quant quantize SRC DST --dtype int4 [--group-size 128] [--skip lm_head] [--config FILE]
     mono-quant inspect FILE
     mono-quant validate FILE [--original SRC] [--min-sqnr 10]
+    mono-quant playground [--model PATH] [--dtype int4] [--port N] [--headless]
 
 Exit codes: 0 success, 1 a check failed or the command could not finish, 2 wrong usage.
 Errors go to stderr as one line that says what to do.
@@ -107,7 +108,27 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--min-sqnr", type=_finite_float, default=10.0, metavar="DB",
                           help="lowest acceptable SQNR per layer in dB (default: 10)")
     validate.set_defaults(run=_validate)
+
+    playground = commands.add_parser(
+        "playground", help="open the quantization playground (a marimo app) in the browser",
+        description="Serve the mono_quant playground, a marimo app: pick a model (the bundled MiniLM demo or a "
+                    "checkpoint), a scheme and its options, and see the report, the plots and the output agreement "
+                    "with the float model. Works offline. Needs: pip install 'mono_quant[playground]'.")
+    _playground_arguments(playground)
+    playground.set_defaults(run=_playground)
     return parser
+
+
+def _playground_arguments(parser: argparse.ArgumentParser) -> None:
+    from .playground.launch import add_arguments
+
+    add_arguments(parser)
+
+
+def _playground(args: argparse.Namespace) -> int:
+    from .playground.launch import run
+
+    return run(args)
 
 
 # Option types: argparse turns their ArgumentTypeError into "argument --x: <message>" (exit 2).

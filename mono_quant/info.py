@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import GROUP_SIZES
+from .report.display import ReportDisplay
 
 # (upper bound in dB, level), checked in order; at or above the last bound a layer is "good".
 ACCURACY_LEVELS: tuple[tuple[float, str], ...] = ((10.0, "critical"), (20.0, "warning"), (30.0, "fair"))
@@ -35,8 +36,8 @@ def accuracy_level(sqnr_db: float | None) -> str | None:
     return GOOD
 
 
-@dataclass(frozen=True)
-class LayerInfo:
+@dataclass(frozen=True, repr=False)  # repr, HTML, to_dict: mono_quant.report
+class LayerInfo(ReportDisplay):
     """The record of one layer: what it was, what it became, and how faithful it is.
 
     ``scheme`` describes the conversion ("int8 per-channel symmetric"; "" when skipped),
@@ -79,8 +80,8 @@ class LayerInfo:
         return accuracy_level(self.sqnr_db)
 
 
-@dataclass
-class QuantizationInfo:
+@dataclass(repr=False)  # repr, HTML, to_dict: mono_quant.report
+class QuantizationInfo(ReportDisplay):
     """Every layer a run considered, the skipped ones with their reasons, and warnings.
 
     >>> model_q, info = dynamic_quantize(model)

@@ -35,6 +35,7 @@ from ._working_copy import inference, working_copy
 from .errors import CorruptFileError, ValidationError
 from .formats import format_for_module, format_for_state
 from .info import QuantizationInfo, format_bytes, format_sqnr
+from .report.display import ReportDisplay
 from .state_dict import group_by_layer, join_key
 
 CHECKS = ("sqnr", "size", "load", "range")
@@ -57,8 +58,8 @@ class CheckResult:
         return self.status != "failed"
 
 
-@dataclass
-class ValidationReport:
+@dataclass(repr=False)  # repr, HTML, to_dict: mono_quant.report
+class ValidationReport(ReportDisplay):
     """The results of ``validate``; ``passed`` is True when no check failed.
 
     >>> report = validate(model, qmodel, torch.randn(1, 64))
