@@ -63,6 +63,13 @@ def _constant_value(g, value, op: str, what: str) -> torch.Tensor:
     if name in g.params_dict:
         held = g.params_dict[name]
         return held.toTensor() if hasattr(held, "toTensor") else held
+    if node.kind() == "prim::Param":  # a torch.jit module: its buffers are graph parameters, and
+        # torch's exporter does not hand their values to translations (GraphContext.params_dict is empty)
+        raise OnnxExportError(
+            f"cannot export mono_quant::{op} from a torch.jit module: its {what} is a graph parameter "
+            "whose value torch's exporter does not pass on. Export the nn.Module itself (before "
+            "torch.jit.trace / torch.jit.script): mono_quant.export_onnx(model, example_inputs, path)."
+        )
     raise OnnxExportError(
         f"cannot export mono_quant::{op}: its {what} is computed in the graph (node {node.kind()}), "
         "not a constant the exporter can read. Export the model with the layer's own buffer "
