@@ -13,6 +13,8 @@ from .info import LayerInfo, QuantizationInfo
 from .io import load_quantized, save_quantized
 from .nn import QuantizedLinearInt4
 from .observers import Observer, get_observer, register_observer
+from .onnx_export import export_onnx
+from .onnx_export import install_registration_hook as _install_onnx_hook
 from .quantize import dynamic_quantize
 from .schemes import Scheme, get_scheme, register_scheme
 from .state_dict import dequantize_state_dict
@@ -21,6 +23,10 @@ from .streaming import quantize_checkpoint
 from .validate import ValidationReport, validate
 
 __version__ = "0.1.0"
+
+# The ONNX translations of the mono_quant operators, registered when torch.onnx is imported
+# (importing it here would cost about 0.1 s per import; see onnx_export).
+_install_onnx_hook()
 
 __all__ = [
     # quantize a model
@@ -42,6 +48,7 @@ __all__ = [
     "ValidationError",
     "CorruptFileError",
     "dequantize_state_dict",
+    "export_onnx",
     # extending
     "Observer",
     "register_observer",

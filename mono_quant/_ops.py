@@ -160,7 +160,8 @@ def _linear_static_fake(x, input_scale, input_zero_point, input_symmetric, qweig
 
 @_fake("dequantize_int8")
 def _dequantize_int8_fake(qweight, scale, zero_point, dtype):
-    _refuse_dynamo_onnx("dequantize_int8", "QuantizedConv2d", qweight.shape[0], qweight.shape[1])
+    _refuse_dynamo_onnx("dequantize_int8", "QuantizedConv2d or StaticQuantizedConv2d", qweight.shape[0],
+                        qweight.shape[1])
     return qweight.new_empty(qweight.shape, dtype=dtype)
 
 

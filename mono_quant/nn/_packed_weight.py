@@ -14,6 +14,7 @@ from ``packed`` on access and refuse in-place writes (``ReadOnlyTensor``); assig
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 
@@ -21,6 +22,26 @@ from ._readonly import ReadOnlyTensor
 from ._routes import NoScriptMixin
 
 CANONICAL = ("qweight", "scale", "zero_point")
+
+
+def needs_autograd(x: torch.Tensor) -> bool:
+    """True when ``forward(x)`` must take the float path so that a gradient reaches ``x``.
+
+    Not while ``torch.onnx.export`` traces: it runs with grad enabled, so every layer after
+    one with float parameters would get an input that requires grad, and the float path would
+    put a float copy of the weight into the graph instead of the operator's quantized one.
+
+    >>> needs_autograd(torch.randn(2, 8, requires_grad=True))
+    True
+    """
+    return x.requires_grad and torch.is_grad_enabled() and not onnx_exporting()
+
+
+def onnx_exporting() -> bool:
+    """True while ``torch.onnx.export`` runs (never imports ``torch.onnx``: no export runs
+    without it)."""
+    onnx = sys.modules.get("torch.onnx")
+    return onnx is not None and onnx.is_in_onnx_export()
 
 
 def _canonical_property(name: str) -> property:
@@ -146,8 +167,11 @@ class PackedLinearMixin(NoScriptMixin):
 
     # ---- state_dict: the canonical layout -----------------------------------------------
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
-        for name, tensor in self.canonical_weight().items():
-            destination[prefix + name] = tensor
+        # The ONNX exporter reads the state_dict (several times) only to find graph inputs; the
+        # graph uses ``packed``, so unpacking the canonical tensors there would be wasted time.
+        if not onnx_exporting():
+            for name, tensor in self.canonical_weight().items():
+                destination[prefix + name] = tensor
         super()._save_to_state_dict(destination, prefix, keep_vars)  # type: ignore[misc]  (bias)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,

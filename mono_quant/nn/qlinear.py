@@ -13,7 +13,7 @@ from .._int8 import int8_qdtype, quantize_weight_int8
 from ..config import QuantizationConfig
 from ._input_check import check_features, check_float_input
 from ._int8_weight import check_int8_config
-from ._packed_weight import PackedLinearMixin, check_canonical_tensors
+from ._packed_weight import PackedLinearMixin, check_canonical_tensors, needs_autograd
 
 
 class QuantizedLinear(PackedLinearMixin, nn.Module):
@@ -91,7 +91,7 @@ class QuantizedLinear(PackedLinearMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_float_input(self, x)
-        if x.requires_grad and torch.is_grad_enabled():
+        if needs_autograd(x):
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return F.linear(x, self.dequantized_weight(x.dtype), bias)
         return ops.linear_int8(x, self.packed, self.out_features, self.in_features, self.bias)
@@ -102,7 +102,7 @@ class QuantizedLinear(PackedLinearMixin, nn.Module):
         >>> layer.uses_fast_path(torch.randn(2, layer.in_features, requires_grad=True))
         False
         """
-        return not (x.requires_grad and torch.is_grad_enabled()) and K.linear_packed_uses_c(x, self.packed)
+        return not needs_autograd(x) and K.linear_packed_uses_c(x, self.packed)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The float weight ``(qweight - zero_point) * scale`` the module computes with.

@@ -10,7 +10,7 @@ from .. import _kernels
 from .. import _ops as ops
 from .. import _reference as ref
 from ._input_check import check_features, check_float_input
-from ._packed_weight import PackedLinearMixin, check_canonical_tensors
+from ._packed_weight import PackedLinearMixin, check_canonical_tensors, needs_autograd
 
 
 class QuantizedLinearInt4(PackedLinearMixin, nn.Module):
@@ -130,7 +130,7 @@ class QuantizedLinearInt4(PackedLinearMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_float_input(self, x)
-        if x.requires_grad and torch.is_grad_enabled():
+        if needs_autograd(x):
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return F.linear(x, self.dequantized_weight(x.dtype), bias)
         return ops.linear_int4(x, self.packed, self.out_features, self.in_features,
@@ -142,7 +142,7 @@ class QuantizedLinearInt4(PackedLinearMixin, nn.Module):
         >>> layer.uses_fast_path(torch.randn(2, layer.in_features, requires_grad=True))
         False
         """
-        return not (x.requires_grad and torch.is_grad_enabled()) and _kernels.linear_packed_uses_c(x, self.packed)
+        return not needs_autograd(x) and _kernels.linear_packed_uses_c(x, self.packed)
 
     # ---- the packed storage (PackedLinearMixin) -------------------------------------------
     def _packed_size(self) -> int:
