@@ -27,14 +27,16 @@ CANONICAL = ("qweight", "scale", "zero_point")
 def needs_autograd(x: torch.Tensor) -> bool:
     """True when ``forward(x)`` must take the float path so that a gradient reaches ``x``.
 
-    Not while ``torch.onnx.export`` traces: it runs with grad enabled, so every layer after
-    one with float parameters would get an input that requires grad, and the float path would
-    put a float copy of the weight into the graph instead of the operator's quantized one.
+    Not while ``torch.jit.trace`` or ``torch.onnx.export`` traces: both run with grad enabled
+    by default, so every layer after one with float parameters would get an input that
+    requires grad, and the trace would record the float path (a dequantized float copy of the
+    weight, and a graph that differs from the no-grad one) instead of the operator: a trace is
+    for inference, and records what inference runs.
 
     >>> needs_autograd(torch.randn(2, 8, requires_grad=True))
     True
     """
-    return x.requires_grad and torch.is_grad_enabled() and not onnx_exporting()
+    return x.requires_grad and torch.is_grad_enabled() and not torch.jit.is_tracing() and not onnx_exporting()
 
 
 def onnx_exporting() -> bool:
