@@ -3,6 +3,7 @@
     mono-quant quantize SRC DST --dtype int4 [--group-size 128] [--skip lm_head] [--config FILE]
     mono-quant inspect FILE
     mono-quant validate FILE [--original SRC] [--min-sqnr 10]
+    mono-quant --version
 
 Exit codes: 0 success, 1 a check failed or the command could not finish, 2 wrong usage.
 Errors go to stderr as one line that says what to do.
@@ -65,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Quantize, inspect and validate PyTorch checkpoints with mono_quant.")
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print the versions of mono_quant and torch, then exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
 
     quantize = commands.add_parser(
@@ -108,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
                           help="lowest acceptable SQNR per layer in dB (default: 10)")
     validate.set_defaults(run=_validate)
     return parser
+
+
+def version_text() -> str:
+    """"mono-quant 0.1.0 (torch 2.13.0+cpu, Linear kernel: avx512_vnni)": what ``--version`` prints."""
+    import torch
+
+    from . import __version__, _kernels
+
+    kernel = _kernels.linear_isa() or "none (C extension not built; torch reference)"
+    return f"{PROG} {__version__} (torch {torch.__version__}, Linear kernel: {kernel})"
 
 
 # Option types: argparse turns their ArgumentTypeError into "argument --x: <message>" (exit 2).
