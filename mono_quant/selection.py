@@ -1,7 +1,8 @@
 """Which layers get converted: each rule returns the reason a layer is skipped, or None.
 
 Rules, in the order they are asked (the first reason wins):
-1. names:   modules_to_not_convert, skip_names, layer_names (see ``name_matches``);
+1. names:   modules_to_not_convert, skip_names, layer_names (see ``name_matches``), then the
+            user's ``filter_fn(name, module)`` (``module`` is None for state_dict entries);
 2. types:   skip_types, layer_types, the default float types (embeddings and norms), and the
             scheme's ``supported_types`` (matched exactly: subclasses may override forward);
 3. tensors: empty weights, NaN/Inf values, fewer than ``min_params`` parameters, weights tied
@@ -92,6 +93,7 @@ def module_skip_reason(
     config = scheme.config
     return (
         _name_reason(name, config)
+        or filter_reason(name, module, config)
         or _type_reason(type(module), config, scheme)
         or _tensor_reason(name, module, config, scheme.whole_model, owners or {})
         or scheme.skip_reason(name, module)
@@ -109,6 +111,7 @@ def state_skip_reason(prefix: str, tensors: Mapping[str, torch.Tensor], scheme: 
         return "already quantized (has weight_scale / weight_zero_point)"
     return (
         _name_reason(prefix, config)
+        or filter_reason(prefix, None, config)
         or scheme.skip_state_reason(prefix, tensors)
         or _state_type_reason(prefix, tensors, config, scheme.whole_model)
         or _state_tensor_reason(tensors, config, scheme.whole_model)
@@ -125,6 +128,20 @@ def _name_reason(name: str, config: QuantizationConfig) -> str | None:
     if config.layer_names and not any(name_matches(name, p) for p in config.layer_names):
         return f"name matches none of layer_names ({', '.join(map(repr, config.layer_names))})"
     return None
+
+
+def filter_reason(name: str, module: nn.Module | None, config: QuantizationConfig) -> str | None:
+    """"filter_fn returned False" when the user's ``filter_fn`` declines the layer, else None.
+
+    >>> filter_reason("lm_head", nn.Linear(4, 4), QuantizationConfig(filter_fn=lambda n, m: n != "lm_head"))
+    'filter_fn returned False'
+    """
+    if config.filter_fn is None:
+        return None
+    keep = config.filter_fn(name, module)
+    if not isinstance(keep, bool):
+        raise TypeError(f"filter_fn must return True or False; it returned {keep!r} for layer {name!r}")
+    return None if keep else "filter_fn returned False"
 
 
 def _type_reason(cls: type[nn.Module], config: QuantizationConfig, scheme: Scheme) -> str | None:

@@ -19,13 +19,13 @@ from . import _safetensors as st
 from ._file_metadata import FileMetadata, LayerEntry, global_values
 from ._files import check_regular, open_regular, remove_stale_partials
 from ._json import loads_untrusted
+from ._layer_schemes import LayerSchemes, add_pattern_warnings
 from ._layers import skipped_layer, state_kind
 from ._safetensors import tensor_crc32
 from .config import QuantizationConfig
 from .errors import CorruptFileError
 from .info import QuantizationInfo
 from .io import check_folder, check_state_layer, file_kind, load_pt_untrusted, run_dtype, state_layer_entry
-from .schemes.registry import get_scheme
 from .selection import state_skip_reason
 from .state_dict import join_key, split_key
 
@@ -57,10 +57,11 @@ def quantize_checkpoint(
     >>> print(info)
     """
     cfg = QuantizationConfig.from_sources(config, dtype=dtype, **options)
-    scheme = get_scheme(cfg.dtype)(cfg)
+    schemes = LayerSchemes(cfg)
     info = QuantizationInfo(config=cfg)
     check_folder(dst)
     source = open_checkpoint(src)
+    add_pattern_warnings(info, {split_key(name)[0] for name in source.names}, cfg)
     if any(Path(dst).resolve() == Path(p).resolve() for p in source.files):
         raise ValueError(f"{os.fspath(dst)} is also the source; write the quantized checkpoint to another path")
     sink = _SafetensorsSink(dst) if file_kind(dst) == "safetensors" else _PtSink(dst)
@@ -68,6 +69,7 @@ def quantize_checkpoint(
     try:
         with torch.no_grad():
             for prefix, tensors in source.layers():
+                scheme = schemes.for_layer(prefix)
                 reason = state_skip_reason(prefix, tensors, scheme)
                 if reason is None:
                     out, record = scheme.convert_state(prefix, tensors)
@@ -82,7 +84,7 @@ def quantize_checkpoint(
                     checksums[join_key(prefix, attr)] = tensor_crc32(tensor)
                     sink.write(join_key(prefix, attr), tensor)
                 del tensors, out
-        scheme.finish(info)
+        schemes.finish(info)
         dtype_name, group_size = run_dtype(layers, {}, info)
         schemes = [entry.scheme for entry in layers.values()]
         meta = FileMetadata(global_values("state_dict", dtype_name, group_size, schemes, "state_dict"),
