@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ._inplace import quantize_state_dict_in_place, validate_in_place
+from ._integrations import after_quantization
 from ._layer_schemes import LayerSchemes, add_pattern_warnings, check_not_meta
 from ._layers import own_tensors, skipped_layer
 from ._working_copy import working_copy
@@ -67,6 +68,7 @@ def dynamic_quantize(
         schemes.default.start_model(root)
         result: ModelOrStateDict = _quantize_module(root, schemes, info, inplace)
         schemes.default.finish_model(model, result)
+        after_quantization(result, info)
     elif isinstance(model, Mapping):
         check_not_meta(model, "dynamic_quantize")
         add_pattern_warnings(info, group_by_layer(model), cfg)

@@ -83,9 +83,12 @@ def parameter_owners(model: nn.Module) -> dict[int, list[str]]:
 
 
 def module_skip_reason(
-    name: str, module: nn.Module, scheme: Scheme, owners: Mapping[int, list[str]] | None = None
+    name: str, module: nn.Module, scheme: Scheme, owners: Mapping[int, list[str]] | None = None,
+    *, check_values: bool = True,
 ) -> str | None:
     """Why ``module`` (called ``name`` in the model) stays as it is, or None to convert it.
+    ``check_values=False`` leaves out the value rule (meta / NaN / Inf), for a module whose
+    values arrive later (quantizing while transformers loads them; see ``values_reason``).
 
     >>> module_skip_reason("embed", nn.Embedding(10, 4), Int8Scheme(QuantizationConfig()))
     'Embedding stays float (embeddings and norms are not quantized by default)'
@@ -95,8 +98,8 @@ def module_skip_reason(
         _name_reason(name, config)
         or filter_reason(name, module, config)
         or _type_reason(type(module), config, scheme)
-        or _tensor_reason(name, module, config, scheme.whole_model, owners or {})
-        or scheme.skip_reason(name, module)
+        or _tensor_reason(name, module, config, scheme.whole_model, owners or {}, check_values)
+        or (scheme.skip_reason(name, module) if check_values or not scheme.whole_model else None)
     )
 
 
@@ -168,10 +171,11 @@ def _type_reason(cls: type[nn.Module], config: QuantizationConfig, scheme: Schem
 
 
 def _tensor_reason(
-    name: str, module: nn.Module, config: QuantizationConfig, whole_model: bool, owners: Mapping[int, list[str]]
+    name: str, module: nn.Module, config: QuantizationConfig, whole_model: bool, owners: Mapping[int, list[str]],
+    check_values: bool = True,
 ) -> str | None:
     tensors = own_tensors(module)
-    reason = _values_reason(tensors, whole_model)
+    reason = _values_reason(tensors, whole_model) if check_values else None
     if reason or whole_model:
         return reason
     params = list(module.parameters(recurse=False))
@@ -186,6 +190,16 @@ def _tensor_reason(
                 "them, so both stay float"
             )
     return None
+
+
+def values_reason(tensors: Mapping[str, torch.Tensor], whole_model: bool = False) -> str | None:
+    """Why a layer's tensors cannot be converted for their values (never loaded, empty, NaN
+    or Inf), or None.
+
+    >>> values_reason({"weight": torch.tensor([[float("nan")]])})
+    "'weight' contains NaN or Inf; replace them (torch.nan_to_num) to convert this layer"
+    """
+    return _values_reason(tensors, whole_model)
 
 
 def _values_reason(tensors: Mapping[str, torch.Tensor], whole_model: bool) -> str | None:

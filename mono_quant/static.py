@@ -12,6 +12,7 @@ from torch import nn
 
 from . import _kernels as K
 from ._calib_data import Batch
+from ._integrations import after_quantization
 from ._layer_schemes import add_pattern_warnings, check_not_meta
 from ._layers import own_tensors, skipped_layer
 from ._working_copy import inference, working_copy
@@ -76,14 +77,18 @@ def static_quantize(
     names = [name for name in layers if name in stats.layers]
     if inplace and not (cfg.compute_sqnr and stats.holdout is not None):
         root, records = _swap_one_by_one(root, names, layers, scheme)
-        return root, _report(root, cfg, layers, skipped, records, stats)
+        info = _report(root, cfg, layers, skipped, records, stats)
+        after_quantization(root, info)
+        return root, info
     converted = {name: scheme.convert_module(name, layers[name]) for name in names}
     if cfg.compute_sqnr and stats.holdout is not None:
         sqnr = output_sqnr(root, {name: (layers[name], new) for name, (new, _) in converted.items()}, stats.holdout)
         converted = {name: (new, _with_output_sqnr(record, sqnr.get(name), stats))
                      for name, (new, record) in converted.items()}
     info = _report(root, cfg, layers, skipped, {name: record for name, (_, record) in converted.items()}, stats)
-    return _swap(root, {name: new for name, (new, _) in converted.items()}), info
+    root = _swap(root, {name: new for name, (new, _) in converted.items()})
+    after_quantization(root, info)
+    return root, info
 
 
 def _swap_one_by_one(root: nn.Module, names: list[str], layers: dict[str, nn.Module],
