@@ -1,6 +1,6 @@
 """The ``mono-quant`` command (also ``python -m mono_quant``).
 
-    mono-quant quantize SRC DST --dtype int4 [--group-size 128] [--skip lm_head] [--config FILE]
+    mono-quant quantize SRC DST --dtype int4 [--group-size 128] [--skip lm_head] [--config FILE] [--jobs N]
     mono-quant inspect FILE
     mono-quant validate FILE [--original SRC] [--min-sqnr 10]
     mono-quant --version
@@ -74,10 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
         "quantize", help="quantize a checkpoint file, one layer in memory at a time",
         description="Quantize the weights of a checkpoint without building the model. SRC is a .safetensors "
                     "file, a *.safetensors.index.json of a sharded set, a folder holding either, or a .pt/.bin "
-                    "state_dict (loaded whole). DST is a .safetensors file (written one tensor at a time) or .pt. "
+                    "state_dict (loaded whole). DST is a .safetensors file (written one tensor at a time), .pt, "
+                    "or a folder (a path without a suffix): one quantized shard per source shard plus "
+                    "model.safetensors.index.json, and, for a transformers checkpoint, its config.json with a "
+                    "quantization_config and its other files, ready for from_pretrained. "
                     "Options not given come from --config, then ./mono_quant.toml, then the defaults.")
     quantize.add_argument("src", metavar="SRC", help="the float checkpoint")
-    quantize.add_argument("dst", metavar="DST", help="the quantized file to write (.safetensors or .pt)")
+    quantize.add_argument("dst", metavar="DST",
+                          help="the quantized file to write (.safetensors or .pt), or a folder for a sharded output")
     quantize.add_argument("--dtype", choices=DTYPES, help="weight format (default: int8)")
     quantize.add_argument("--group-size", type=int, choices=GROUP_SIZES, metavar="N",
                           help=f"int4 group size: {', '.join(map(str, GROUP_SIZES))} (default: 128)")
@@ -87,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--asymmetric", action="store_const", const=False, dest="symmetric",
                           help="use zero points (uint8) instead of symmetric int8")
     quantize.add_argument("--config", metavar="FILE", help="a mono_quant.toml or pyproject.toml with options")
+    quantize.add_argument("--jobs", type=_positive, default=1, metavar="N",
+                          help="quantize N shards at once, each in its own process (folder output; default: 1)")
     quantize.add_argument("-q", "--quiet", action="store_true", help="print only the final line")
     quantize.set_defaults(run=_quantize)
 
@@ -138,6 +144,14 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _positive(text: str) -> int:
+    """An integer >= 1."""
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text!r}")
+    return value
+
+
 def _count(text: str) -> int:
     """An integer >= 0 ("1e3", "nan" and "-1" are refused)."""
     try:
@@ -155,11 +169,14 @@ def _quantize(args: argparse.Namespace) -> int:
 
     info = quantize_checkpoint(
         args.src, args.dst, args.dtype, config=args.config, group_size=args.group_size,
-        modules_to_not_convert=args.skip, min_params=args.min_params, symmetric=args.symmetric,
+        modules_to_not_convert=args.skip, min_params=args.min_params, symmetric=args.symmetric, jobs=args.jobs,
     )
     if not args.quiet:
         print(info)
-    size = os.path.getsize(args.dst)
+    if os.path.isdir(args.dst):
+        size = sum(entry.stat().st_size for entry in os.scandir(args.dst) if entry.name.endswith(".safetensors"))
+    else:
+        size = os.path.getsize(args.dst)
     print(f"wrote {args.dst} ({format_bytes(size)}; weights {info.compression_ratio:.2f}x smaller, "
           f"{len(info.quantized)} of {len(info.layers)} layers quantized)")
     return EXIT_OK

@@ -21,6 +21,9 @@ class CorruptFileError(ValueError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):  # pickles (a worker process of quantize_checkpoint sends it back)
+        return type(self), (self.path, self.problem)
+
 
 class ValidationError(ValueError):
     """``validate`` found a failed check and ``on_failure="error"`` was asked for; ``report``

@@ -238,3 +238,18 @@ def test_fp16_on_load_points_to_dtype(tmp_path):
     tiny_llama().save_pretrained(tmp_path / "fp32")
     with pytest.raises(ValueError, match="pass dtype=torch.float16 to from_pretrained"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "fp32", quantization_config=MonoQuantConfig("fp16"))
+
+
+def test_quantize_checkpoint_folder_loads_with_from_pretrained(tmp_path):
+    model = tiny_llama()
+    model.save_pretrained(tmp_path / "fp32", max_shard_size="40KB")
+    assert (tmp_path / "fp32" / "model.safetensors.index.json").exists()
+    options = dict(group_size=32, layer_config={"lm_head": "int8"})
+    info = mono_quant.quantize_checkpoint(tmp_path / "fp32", tmp_path / "q", "int4", **options)
+    q_model, want = mono_quant.dynamic_quantize(model, "int4", validate=False, **options)
+    assert sorted(info.quantized) == sorted(want.quantized)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "q")
+    assert isinstance(loaded.model.layers[0].mlp.gate_proj, QuantizedLinearInt4)
+    assert isinstance(loaded.lm_head, QuantizedLinear)
+    assert torch.equal(logits(loaded), logits(q_model))
+    assert (tmp_path / "q" / "generation_config.json").exists()
