@@ -63,7 +63,7 @@ def save_quantized(
     remove_stale_partials(path)  # never write through a link a stale scratch name may be
     try:
         if library is not None:
-            library.save_file(tensors, partial, metadata=meta.to_strings())
+            _save_safetensors(library, tensors, partial, meta.to_strings())
         else:
             torch.save({"tensors": tensors, "metadata": meta.to_strings()}, partial)
         os.replace(partial, path)
@@ -71,6 +71,24 @@ def save_quantized(
         if os.path.exists(partial):
             os.remove(partial)
     return Path(path)
+
+
+def _save_safetensors(library, tensors: Mapping[str, torch.Tensor], path: str, metadata: Mapping[str, str]) -> None:
+    """``safetensors.torch.save_file``, which converts tensors through numpy; without numpy the
+    same file layout is written by mono_quant's own writer (one tensor at a time)."""
+    try:
+        library.save_file(tensors, path, metadata=dict(metadata))
+    except ModuleNotFoundError as exc:
+        if exc.name != "numpy":
+            raise
+        writer = st.StreamingWriter(path)
+        try:
+            for name, tensor in tensors.items():
+                writer.write(name, tensor)
+            writer.finish(metadata)
+        except BaseException:
+            writer.abort()
+            raise
 
 
 def load_quantized(path: str | os.PathLike[str], model: nn.Module | None = None, *,

@@ -68,3 +68,23 @@ def test_wheel_contents_are_in_the_tree():
     # scikit-build-core ships LICENSE (license files) and every file of the package folder.
     assert "MIT License" in (ROOT / "LICENSE").read_text()
     assert (ROOT / "mono_quant" / "py.typed").is_file()
+
+
+def test_saving_safetensors_works_without_numpy(monkeypatch):
+    # pip install 'mono_quant[safetensors]' once came without numpy, and save_file needs it.
+    import sys
+
+    import torch
+
+    from mono_quant import dynamic_quantize, load_quantized, save_quantized
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64))
+    q_model, info = dynamic_quantize(model, validate=False)
+    save_quantized(q_model, "with.safetensors", info)
+    monkeypatch.setitem(sys.modules, "numpy", None)  # `import numpy` now fails
+    q_model2, info2 = dynamic_quantize(model)  # the default checks save and load a file
+    assert info2.validation.checks["load"].status == "passed"
+    save_quantized(q_model, "without.safetensors", info)
+    with_numpy, _ = load_quantized("with.safetensors")
+    without, _ = load_quantized("without.safetensors")
+    assert with_numpy.keys() == without.keys() and all(torch.equal(with_numpy[k], without[k]) for k in without)
