@@ -113,6 +113,10 @@ def test_llama_sharded_round_trip_base_model_and_generate(dtype, tmp_path):
     prompt = IDS[:1, :4]
     assert torch.equal(loaded.generate(prompt, max_new_tokens=4, do_sample=False),
                        q_model.generate(prompt, max_new_tokens=4, do_sample=False))
+    loaded.save_pretrained(tmp_path / "again")  # the layer records (scheme, SQNR) survive a reload and save
+    records = [json.loads((tmp_path / d / "config.json").read_text())["quantization_config"]["layers"]
+               for d in ("q", "again")]
+    assert records[0] == records[1] and records[0]["lm_head"]["sqnr_db"] > 30
     base = AutoModel.from_pretrained(tmp_path / "q")  # the head model's checkpoint, base model class
     assert isinstance(base.layers[0].self_attn.q_proj, QUANTIZED[dtype])
     with torch.no_grad():
@@ -253,3 +257,13 @@ def test_quantize_checkpoint_folder_loads_with_from_pretrained(tmp_path):
     assert isinstance(loaded.lm_head, QuantizedLinear)
     assert torch.equal(logits(loaded), logits(q_model))
     assert (tmp_path / "q" / "generation_config.json").exists()
+
+
+def test_static_quantized_llama_round_trips(tmp_path):
+    model = tiny_llama()
+    calib = torch.randint(0, 128, (16, 9), generator=torch.Generator().manual_seed(2))
+    q_model, info = mono_quant.static_quantize(model, calib, num_samples=8, progress=False)
+    q_model.save_pretrained(tmp_path / "q")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "q")
+    assert type(loaded.model.layers[0].mlp.up_proj) is type(q_model.model.layers[0].mlp.up_proj)
+    assert torch.equal(logits(loaded), logits(q_model))

@@ -149,7 +149,7 @@ class MonoQuantHfQuantizer(HfQuantizer):
 
     def _process_model_before_weight_loading(self, model: nn.Module, **kwargs: Any) -> None:
         if self.pre_quantized:
-            _place_slots(model, self.quantization_config)
+            self.quantization_config.layers = _place_slots(model, self.quantization_config)
         else:
             self._selected = _select_layers(model, self._schemes, self.info)
 
@@ -163,10 +163,9 @@ class MonoQuantHfQuantizer(HfQuantizer):
     def _process_model_after_weight_loading(self, model: nn.Module, **kwargs: Any) -> nn.Module:
         where = str(getattr(model, "name_or_path", "") or getattr(model.config, "name_or_path", "") or "checkpoint")
         _fill_slots(model, where, self.info)
-        config = self.quantization_config
-        config.layers = layers_of_model(model, self.info)
         if not self.pre_quantized:
-            config.layout = "module"
+            self.quantization_config.layers = layers_of_model(model, self.info)
+            self.quantization_config.layout = "module"
         return model
 
     # ---- saving ----------------------------------------------------------------------------
@@ -174,7 +173,7 @@ class MonoQuantHfQuantizer(HfQuantizer):
         # save_pretrained asks this before writing config.json: refresh the layer records from
         # the model as it is now, in the layout state_dict() has (qweight, scale, ...).
         config = self.quantization_config
-        config.layers = layers_of_model(model, self.info if self.info.layers else None)
+        config.layers = _current_layers(model, config.layers, self.info)
         config.layout = "module"
         return None, {}
 
@@ -262,6 +261,17 @@ class _QuantizedSlot(nn.Module):
         return quantized
 
 
+def _current_layers(model: nn.Module, known: dict[str, LayerEntry], info: QuantizationInfo) -> dict[str, LayerEntry]:
+    """The records of the model's quantized modules now; a layer unchanged since it was loaded
+    keeps its record (scheme, SQNR) from the checkpoint."""
+    current = layers_of_model(model, info if info.layers else None)
+    for name, entry in current.items():
+        old = known.get(name)
+        if old is not None and old.kind == entry.kind and old.params == entry.params and entry.sqnr_db is None:
+            current[name] = old
+    return current
+
+
 def _dtype_for(name: str, spec, float_module: nn.Module) -> torch.dtype:
     """The dtype a slot buffer takes: the format's, or for a float tensor with a choice (the
     bias) the skeleton's, which is the dtype the model was asked to load in."""
@@ -291,9 +301,11 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
                 parent._modules[attr] = new
 
 
-def _place_slots(model: nn.Module, config: MonoQuantConfig) -> None:
+def _place_slots(model: nn.Module, config: MonoQuantConfig) -> dict[str, LayerEntry]:
     """A ``_FileSlot`` for each quantized layer of the checkpoint that the model has (layers
-    of a head the model lacks are left out, as transformers leaves out their tensors)."""
+    of a head the model lacks are left out, as transformers leaves out their tensors); returns
+    the records placed, under the model's names."""
+    placed = {}
     for entry in config.layers.values():
         name = _resolve(model, entry.name)
         if name is None:
@@ -309,6 +321,8 @@ def _place_slots(model: nn.Module, config: MonoQuantConfig) -> None:
             raise ValueError(f"{where}: {mismatch}")
         located = dataclasses.replace(entry, name=name)
         _replace(model, name, _FileSlot(located, module, config.layout))
+        placed[name] = located
+    return placed
 
 
 def _select_layers(model: nn.Module, schemes: LayerSchemes, info: QuantizationInfo) -> dict[str, Any]:
@@ -337,14 +351,17 @@ def _select_layers(model: nn.Module, schemes: LayerSchemes, info: QuantizationIn
 
 def _fill_slots(model: nn.Module, where: str, info: QuantizationInfo) -> None:
     """Every slot replaced by its checked quantized module; quantize-on-load records go to ``info``."""
-    slots = [(name, module) for name, module in model.named_modules() if isinstance(module, (_FileSlot, _QuantizedSlot))]
-    built = {name: slot.build(where) for name, slot in slots}  # all checked before any is swapped in
-    for name, slot in slots:
-        new = built[name]
+    # One at a time, so the file-layout tensors of a layer are released once its module is
+    # built; a failure ends from_pretrained with an error, so no half-built model is returned.
+    names = [name for name, module in model.named_modules() if isinstance(module, (_FileSlot, _QuantizedSlot))]
+    for name in names:
+        slot = model.get_submodule(name)
+        new = slot.build(where)
         new.train(slot.training)
         _replace(model, name, new)
         if isinstance(slot, _QuantizedSlot):
             info.add(slot.record)
+        del slot, new
 
 
 class _QuantizeOnLoad(ConversionOps):
