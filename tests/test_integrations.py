@@ -40,3 +40,17 @@ def test_other_models_are_left_alone(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", types.ModuleType("transformers"))
     q_model, info = dynamic_quantize(nn.Sequential(nn.Linear(64, 64)), validate=False)
     assert not hasattr(q_model, "hf_quantizer") and not info.warnings
+
+
+def test_the_core_never_imports_transformers():
+    import subprocess
+    from pathlib import Path
+
+    code = ("import sys, torch, mono_quant; "
+            "mono_quant.dynamic_quantize(torch.nn.Sequential(torch.nn.Linear(64, 64))); "
+            "mono_quant.quantize_checkpoint; import mono_quant.sharded, mono_quant.cli; "
+            "assert 'transformers' not in sys.modules, 'transformers was imported'")
+    root = str(Path(__file__).resolve().parent.parent)
+    done = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": root, "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
