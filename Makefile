@@ -26,18 +26,20 @@ $(VPY):
 # Torch first and pinned, so nothing later can pull a CUDA build; then the extras.
 $(DEPS_STAMP): pyproject.toml | $(VPY)
 	$(VPY) -m pip install -q "$(TORCH_SPEC)"
-	$(VPY) scripts/extras.py test demo safetensors build > $(VENV)/requirements.txt
+	$(VPY) scripts/extras.py test demo safetensors transformers build > $(VENV)/requirements.txt
 	$(VPY) -m pip install -q -r $(VENV)/requirements.txt
 	touch $@
 
 venv: $(DEPS_STAMP)
 
-# In-place build: the extension lands next to the Python sources (mono_quant/_C.abi3.so).
+# In-place build: the extension lands next to the Python sources (mono_quant/_C.abi3.so), and
+# .venv/bin/mono-quant runs the package from this checkout (on the PATH once the venv is active).
 build: $(DEPS_STAMP)
 	$(VPY) -m cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release \
 		-DPython_EXECUTABLE=$(abspath $(VPY)) > /dev/null
 	$(VPY) -m cmake --build $(BUILD_DIR)
 	cp $(BUILD_DIR)/_C*.so mono_quant/
+	$(VPY) scripts/dev_command.py $(VENV)/bin/mono-quant
 
 demo: build
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONPATH=$(CURDIR) $(VPY) -m mono_quant.demo

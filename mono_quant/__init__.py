@@ -2,12 +2,14 @@
 
 >>> import mono_quant
 >>> qmodel, info = mono_quant.dynamic_quantize(model, "int8")
+
+transformers models: ``mono_quant.integrations.transformers`` (save_pretrained / from_pretrained).
 """
 
 from . import nn
 from .calibration import CalibrationStats, LayerRange, calibrate
 from .config import QuantizationConfig
-from .errors import CorruptFileError, ValidationError
+from .errors import CorruptFileError, PartialConversionError, ValidationError
 from .formats import LayerFormat, register_format
 from .info import LayerInfo, QuantizationInfo
 from .io import load_quantized, save_quantized
@@ -47,6 +49,7 @@ __all__ = [
     "ValidationReport",
     "ValidationError",
     "CorruptFileError",
+    "PartialConversionError",
     "dequantize_state_dict",
     "export_onnx",
     # extending

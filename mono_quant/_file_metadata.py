@@ -166,6 +166,12 @@ def cast_params(record, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any] |
     return {"dtype": record.dtype, "tensors": names, "original_shape": list(record.shape)}
 
 
+def parse_layer_record(name: str, record: Any, where) -> LayerEntry:
+    """A layer record as ``LayerEntry.to_json`` writes it, decoded and checked (a
+    ``CorruptFileError`` naming ``where`` otherwise); also used for transformers' config.json."""
+    return _parse_layer(name, record, where)
+
+
 def _parse_layer(name: str, record: Any, path) -> LayerEntry:
     where = f"layer {name!r}"
     if not isinstance(record, dict) or not isinstance(record.get("kind"), str):

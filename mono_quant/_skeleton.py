@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ._file_metadata import FileMetadata, LayerEntry
+from ._skeleton_buffers import BufferValues, buffer_values, meta_buffers
 from .errors import CorruptFileError
 from .state_dict import join_key, split_key
 
@@ -25,15 +26,19 @@ _SHOWN = 3
 class _Plan:
     layers: list[tuple[nn.Module, LayerEntry, dict[str, torch.Tensor]]] = field(default_factory=list)
     plain: list[tuple[nn.Module, str, torch.Tensor, torch.Tensor]] = field(default_factory=list)  # owner, attr, old, new
+    buffers: BufferValues = field(default_factory=list)  # non-persistent buffers of a meta skeleton
 
 
-def fill_skeleton(model: nn.Module, tensors: Mapping[str, torch.Tensor], meta: FileMetadata, path: str) -> nn.Module:
+def fill_skeleton(model: nn.Module, tensors: Mapping[str, torch.Tensor], meta: FileMetadata, path: str,
+                  buffers_from=None) -> nn.Module:
     """Replace the quantized layers' modules and every other tensor of ``model`` in place;
-    returns ``model`` (or the new root module when the root itself is a quantized layer)."""
-    return _apply(model, _plan(model, tensors, meta, path))
+    returns ``model`` (or the new root module when the root itself is a quantized layer).
+    Non-persistent buffers left on the meta device get values (``_skeleton_buffers``)."""
+    return _apply(model, _plan(model, tensors, meta, path, buffers_from))
 
 
-def _plan(model: nn.Module, tensors: Mapping[str, torch.Tensor], meta: FileMetadata, path: str) -> _Plan:
+def _plan(model: nn.Module, tensors: Mapping[str, torch.Tensor], meta: FileMetadata, path: str,
+          buffers_from=None) -> _Plan:
     plan = _Plan()
     by_name = dict(model.named_modules(remove_duplicate=False))
     names_of: dict[int, list[str]] = {}
@@ -47,6 +52,7 @@ def _plan(model: nn.Module, tensors: Mapping[str, torch.Tensor], meta: FileMetad
     if unexpected:
         raise CorruptFileError(path, f"unexpected tensor(s) {_listing(unexpected)}: the model has no such parameter "
                                      "or buffer; load into a model of the architecture that was saved")
+    plan.buffers = buffer_values(model, meta_buffers(model, set(replaced)), buffers_from)
     _check_no_meta_left(model, replaced, plan)
     return plan
 
@@ -125,6 +131,7 @@ def _plan_plain(model, by_name, replaced_names, tensors, consumed, plan: _Plan, 
 
 def _check_no_meta_left(model: nn.Module, replaced: Mapping[int, object], plan: _Plan) -> None:
     filled = {(id(owner), attr) for owner, attr, _, _ in plan.plain}
+    filled |= {(id(owner), attr) for owner, attr, _ in plan.buffers}
     for name, module in model.named_modules():
         if id(module) in replaced:
             continue
@@ -154,6 +161,8 @@ def _apply(model: nn.Module, plan: _Plan) -> nn.Module:
         made[id(old)] = new
         for store, name in holders[id(old)]:
             store[name] = new
+    for owner, attr, tensor in plan.buffers:
+        owner._buffers[attr] = tensor  # stays non-persistent: the set of names is unchanged
     slots: dict[int, list[tuple[nn.Module, str]]] = {}
     for parent in model.modules():
         for attr, child in parent._modules.items():

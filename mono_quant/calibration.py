@@ -143,6 +143,10 @@ def static_config(config: Any, options: Mapping[str, Any]) -> QuantizationConfig
             f"static quantization stores int8 weights and inputs; got dtype={cfg.dtype!r} "
             "(from the options or the config file): pass dtype='int8'"
         )
+    if cfg.layer_config:
+        raise ValueError("layer_config (per-layer formats) is for dynamic_quantize and quantize_checkpoint; static "
+                         "quantization makes every chosen layer static int8: choose the layers with "
+                         "modules_to_not_convert, layer_names or filter_fn instead")
     return cfg
 
 

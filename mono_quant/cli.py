@@ -1,9 +1,10 @@
 """The ``mono-quant`` command (also ``python -m mono_quant``).
 
-    mono-quant quantize SRC DST --dtype int4 [--group-size 128] [--skip lm_head] [--config FILE]
+    mono-quant quantize SRC DST --dtype int4 [--group-size 128] [--skip lm_head] [--config FILE] [--jobs N]
     mono-quant inspect FILE
     mono-quant validate FILE [--original SRC] [--min-sqnr 10]
     mono-quant playground [--model PATH] [--dtype int4] [--port N] [--headless]
+    mono-quant --version
 
 Exit codes: 0 success, 1 a check failed or the command could not finish, 2 wrong usage.
 Errors go to stderr as one line that says what to do.
@@ -66,16 +67,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Quantize, inspect and validate PyTorch checkpoints with mono_quant.")
+    parser.add_argument("--version", action="version", version=version_text(),
+                        help="print the versions of mono_quant and torch, then exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser, required=True)
 
     quantize = commands.add_parser(
         "quantize", help="quantize a checkpoint file, one layer in memory at a time",
         description="Quantize the weights of a checkpoint without building the model. SRC is a .safetensors "
                     "file, a *.safetensors.index.json of a sharded set, a folder holding either, or a .pt/.bin "
-                    "state_dict (loaded whole). DST is a .safetensors file (written one tensor at a time) or .pt. "
+                    "state_dict (loaded whole). DST is a .safetensors file (written one tensor at a time), .pt, "
+                    "or a folder (a path without a suffix): one quantized shard per source shard plus "
+                    "model.safetensors.index.json, and, for a transformers checkpoint, its config.json with a "
+                    "quantization_config and its other files, ready for from_pretrained. "
                     "Options not given come from --config, then ./mono_quant.toml, then the defaults.")
     quantize.add_argument("src", metavar="SRC", help="the float checkpoint")
-    quantize.add_argument("dst", metavar="DST", help="the quantized file to write (.safetensors or .pt)")
+    quantize.add_argument("dst", metavar="DST",
+                          help="the quantized file to write (.safetensors or .pt), or a folder for a sharded output")
     quantize.add_argument("--dtype", choices=DTYPES, help="weight format (default: int8)")
     quantize.add_argument("--group-size", type=int, choices=GROUP_SIZES, metavar="N",
                           help=f"int4 group size: {', '.join(map(str, GROUP_SIZES))} (default: 128)")
@@ -85,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--asymmetric", action="store_const", const=False, dest="symmetric",
                           help="use zero points (uint8) instead of symmetric int8")
     quantize.add_argument("--config", metavar="FILE", help="a mono_quant.toml or pyproject.toml with options")
+    quantize.add_argument("--jobs", type=_positive, default=1, metavar="N",
+                          help="quantize N shards at once, each in its own process (folder output; default: 1)")
     quantize.add_argument("-q", "--quiet", action="store_true", help="print only the final line")
     quantize.set_defaults(run=_quantize)
 
@@ -129,6 +138,14 @@ def _playground(args: argparse.Namespace) -> int:
     from .playground.launch import run
 
     return run(args)
+def version_text() -> str:
+    """"mono-quant 0.1.0 (torch 2.13.0+cpu, Linear kernel: avx512_vnni)": what ``--version`` prints."""
+    import torch
+
+    from . import __version__, _kernels
+
+    kernel = _kernels.linear_isa() or "none (C extension not built; torch reference)"
+    return f"{PROG} {__version__} (torch {torch.__version__}, Linear kernel: {kernel})"
 
 
 # Option types: argparse turns their ArgumentTypeError into "argument --x: <message>" (exit 2).
@@ -143,6 +160,14 @@ def _finite_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number; got {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    """An integer >= 1."""
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text!r}")
     return value
 
 
@@ -163,11 +188,14 @@ def _quantize(args: argparse.Namespace) -> int:
 
     info = quantize_checkpoint(
         args.src, args.dst, args.dtype, config=args.config, group_size=args.group_size,
-        modules_to_not_convert=args.skip, min_params=args.min_params, symmetric=args.symmetric,
+        modules_to_not_convert=args.skip, min_params=args.min_params, symmetric=args.symmetric, jobs=args.jobs,
     )
     if not args.quiet:
         print(info)
-    size = os.path.getsize(args.dst)
+    if os.path.isdir(args.dst):
+        size = sum(entry.stat().st_size for entry in os.scandir(args.dst) if entry.name.endswith(".safetensors"))
+    else:
+        size = os.path.getsize(args.dst)
     print(f"wrote {args.dst} ({format_bytes(size)}; weights {info.compression_ratio:.2f}x smaller, "
           f"{len(info.quantized)} of {len(info.layers)} layers quantized)")
     return EXIT_OK

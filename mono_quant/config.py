@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from ._config_file import find_config_file, read_config_file
+from ._layer_options import normalize_filter_fn, normalize_layer_config
 
 DTYPES = ("int8", "int4", "fp16")
 GROUP_SIZES = (32, 64, 128, 256)
@@ -60,6 +61,15 @@ class QuantizationConfig:
     layer_names:            convert only modules matching these names/patterns; () = all.
     skip_names:             never convert modules matching these names/patterns.
     min_params:             modules with fewer parameters stay float.
+    filter_fn:              ``filter_fn(name, module) -> bool``: convert only the layers it returns
+                            True for (``module`` is None for state_dicts and checkpoints); in a
+                            config file, the import path of such a function ("pkg.rules:keep").
+    layer_config:           per-layer overrides, ``{pattern: dtype or {option: value}}``: a layer
+                            whose name matches a pattern (as in modules_to_not_convert; the first
+                            pattern that matches wins) uses those options instead of the run's,
+                            e.g. ``{"lm_head": "int8", "*.attention.*": {"group_size": 32}}``.
+                            Options: dtype ("int8", "int4"), symmetric, per_channel, group_size,
+                            scale_method. A pattern that matches no layer is a warning.
     compute_sqnr:           measure each converted weight's SQNR (dB) for the report.
     validate:               run ``mono_quant.validate``'s checks (SQNR, size, save + load,
                             value ranges) at the end of ``dynamic_quantize``.
@@ -92,6 +102,8 @@ class QuantizationConfig:
     layer_names: tuple[str, ...] = ()
     skip_names: tuple[str, ...] = ()
     min_params: int = 512
+    filter_fn: Callable[[str, nn.Module | None], bool] | None = None
+    layer_config: Mapping[str, Any] = field(default_factory=dict)
     compute_sqnr: bool = True
     validate: bool = True
     on_failure: str = "warn"
@@ -116,6 +128,8 @@ class QuantizationConfig:
             _set(name, _names_tuple(name, getattr(self, name)))
         for name in ("layer_types", "skip_types"):
             _set(name, _types_tuple(name, getattr(self, name)))
+        _set("filter_fn", normalize_filter_fn(self.filter_fn))
+        _set("layer_config", normalize_layer_config(self))
         _check_static_options(self, _set)
 
     @classmethod

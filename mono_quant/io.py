@@ -63,7 +63,7 @@ def save_quantized(
     remove_stale_partials(path)  # never write through a link a stale scratch name may be
     try:
         if library is not None:
-            library.save_file(tensors, partial, metadata=meta.to_strings())
+            _save_safetensors(library, tensors, partial, meta.to_strings())
         else:
             torch.save({"tensors": tensors, "metadata": meta.to_strings()}, partial)
         os.replace(partial, path)
@@ -73,7 +73,26 @@ def save_quantized(
     return Path(path)
 
 
-def load_quantized(path: str | os.PathLike[str], model: nn.Module | None = None):
+def _save_safetensors(library, tensors: Mapping[str, torch.Tensor], path: str, metadata: Mapping[str, str]) -> None:
+    """``safetensors.torch.save_file``, which converts tensors through numpy; without numpy the
+    same file layout is written by mono_quant's own writer (one tensor at a time)."""
+    try:
+        library.save_file(tensors, path, metadata=dict(metadata))
+    except ModuleNotFoundError as exc:
+        if exc.name != "numpy":
+            raise
+        writer = st.StreamingWriter(path)
+        try:
+            for name, tensor in tensors.items():
+                writer.write(name, tensor)
+            writer.finish(metadata)
+        except BaseException:
+            writer.abort()
+            raise
+
+
+def load_quantized(path: str | os.PathLike[str], model: nn.Module | None = None, *,
+                   buffers_from: nn.Module | Mapping[str, torch.Tensor] | None = None):
     """Load a file written by ``save_quantized`` or ``quantize_checkpoint``.
 
     With ``model``, a float model of the same architecture (on the CPU or the meta device:
@@ -84,6 +103,13 @@ def load_quantized(path: str | os.PathLike[str], model: nn.Module | None = None)
     made it), tied parameters stay tied, and training flags are kept. Loaded tensors are on the
     CPU. Nothing is changed unless the whole file matches the model (then the return value is
     ``model``, or the new module when the root itself is a quantized layer).
+
+    Non-persistent buffers (``register_buffer(..., persistent=False)``: transformers'
+    ``position_ids``, rotary ``inv_freq``) are not in any file. A meta skeleton's get theirs
+    from ``buffers_from`` (a model of the same architecture built on the CPU, e.g. from the same
+    config, or a ``{name: tensor}`` dict), else from the model's own initialisation when it has
+    one (transformers models: ``_init_weights``), else the load is refused naming the buffer.
+    So ``with torch.device("meta"): model = AutoModel.from_config(config)`` loads as it is.
 
     Without ``model``, returns ``(state_dict, metadata)``: the tensors under their names in
     the file (aliases expanded) and the decoded metadata (``metadata["layers"]`` per layer).
@@ -98,7 +124,7 @@ def load_quantized(path: str | os.PathLike[str], model: nn.Module | None = None)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module skeleton of the saved architecture; got {type(model).__name__}")
     interface = model_float_dtype(model)  # the skeleton's dtype, before the file's replace it
-    root = fill_skeleton(model, tensors, meta, os.fspath(path))
+    root = fill_skeleton(model, tensors, meta, os.fspath(path), buffers_from)
     if meta.values.get("dtype") == "fp16":  # as dynamic_quantize made it (schemes/fp16.py)
         add_cast_hooks(root, torch.float16, interface)
     return root

@@ -1,7 +1,8 @@
 """Which layers get converted: each rule returns the reason a layer is skipped, or None.
 
 Rules, in the order they are asked (the first reason wins):
-1. names:   modules_to_not_convert, skip_names, layer_names (see ``name_matches``);
+1. names:   modules_to_not_convert, skip_names, layer_names (see ``name_matches``), then the
+            user's ``filter_fn(name, module)`` (``module`` is None for state_dict entries);
 2. types:   skip_types, layer_types, the default float types (embeddings and norms), and the
             scheme's ``supported_types`` (matched exactly: subclasses may override forward);
 3. tensors: empty weights, NaN/Inf values, fewer than ``min_params`` parameters, weights tied
@@ -82,9 +83,12 @@ def parameter_owners(model: nn.Module) -> dict[int, list[str]]:
 
 
 def module_skip_reason(
-    name: str, module: nn.Module, scheme: Scheme, owners: Mapping[int, list[str]] | None = None
+    name: str, module: nn.Module, scheme: Scheme, owners: Mapping[int, list[str]] | None = None,
+    *, check_values: bool = True,
 ) -> str | None:
     """Why ``module`` (called ``name`` in the model) stays as it is, or None to convert it.
+    ``check_values=False`` leaves out the value rule (meta / NaN / Inf), for a module whose
+    values arrive later (quantizing while transformers loads them; see ``values_reason``).
 
     >>> module_skip_reason("embed", nn.Embedding(10, 4), Int8Scheme(QuantizationConfig()))
     'Embedding stays float (embeddings and norms are not quantized by default)'
@@ -92,9 +96,10 @@ def module_skip_reason(
     config = scheme.config
     return (
         _name_reason(name, config)
+        or filter_reason(name, module, config)
         or _type_reason(type(module), config, scheme)
-        or _tensor_reason(name, module, config, scheme.whole_model, owners or {})
-        or scheme.skip_reason(name, module)
+        or _tensor_reason(name, module, config, scheme.whole_model, owners or {}, check_values)
+        or (scheme.skip_reason(name, module) if check_values or not scheme.whole_model else None)
     )
 
 
@@ -109,6 +114,7 @@ def state_skip_reason(prefix: str, tensors: Mapping[str, torch.Tensor], scheme: 
         return "already quantized (has weight_scale / weight_zero_point)"
     return (
         _name_reason(prefix, config)
+        or filter_reason(prefix, None, config)
         or scheme.skip_state_reason(prefix, tensors)
         or _state_type_reason(prefix, tensors, config, scheme.whole_model)
         or _state_tensor_reason(tensors, config, scheme.whole_model)
@@ -125,6 +131,20 @@ def _name_reason(name: str, config: QuantizationConfig) -> str | None:
     if config.layer_names and not any(name_matches(name, p) for p in config.layer_names):
         return f"name matches none of layer_names ({', '.join(map(repr, config.layer_names))})"
     return None
+
+
+def filter_reason(name: str, module: nn.Module | None, config: QuantizationConfig) -> str | None:
+    """"filter_fn returned False" when the user's ``filter_fn`` declines the layer, else None.
+
+    >>> filter_reason("lm_head", nn.Linear(4, 4), QuantizationConfig(filter_fn=lambda n, m: n != "lm_head"))
+    'filter_fn returned False'
+    """
+    if config.filter_fn is None:
+        return None
+    keep = config.filter_fn(name, module)
+    if not isinstance(keep, bool):
+        raise TypeError(f"filter_fn must return True or False; it returned {keep!r} for layer {name!r}")
+    return None if keep else "filter_fn returned False"
 
 
 def _type_reason(cls: type[nn.Module], config: QuantizationConfig, scheme: Scheme) -> str | None:
@@ -151,10 +171,11 @@ def _type_reason(cls: type[nn.Module], config: QuantizationConfig, scheme: Schem
 
 
 def _tensor_reason(
-    name: str, module: nn.Module, config: QuantizationConfig, whole_model: bool, owners: Mapping[int, list[str]]
+    name: str, module: nn.Module, config: QuantizationConfig, whole_model: bool, owners: Mapping[int, list[str]],
+    check_values: bool = True,
 ) -> str | None:
     tensors = own_tensors(module)
-    reason = _values_reason(tensors, whole_model)
+    reason = _values_reason(tensors, whole_model) if check_values else None
     if reason or whole_model:
         return reason
     params = list(module.parameters(recurse=False))
@@ -171,6 +192,16 @@ def _tensor_reason(
     return None
 
 
+def values_reason(tensors: Mapping[str, torch.Tensor], whole_model: bool = False) -> str | None:
+    """Why a layer's tensors cannot be converted for their values (never loaded, empty, NaN
+    or Inf), or None.
+
+    >>> values_reason({"weight": torch.tensor([[float("nan")]])})
+    "'weight' contains NaN or Inf; replace them (torch.nan_to_num) to convert this layer"
+    """
+    return _values_reason(tensors, whole_model)
+
+
 def _values_reason(tensors: Mapping[str, torch.Tensor], whole_model: bool) -> str | None:
     for key, tensor in tensors.items():
         if not tensor.is_floating_point():
@@ -179,11 +210,25 @@ def _values_reason(tensors: Mapping[str, torch.Tensor], whole_model: bool) -> st
             return f"'{key}' is on the meta device (its values were never loaded); load the weights first"
         if tensor.numel() == 0 and not whole_model:
             return f"'{key}' is empty (shape {tuple(tensor.shape)})"
-        if not bool(torch.isfinite(tensor.detach()).all()):
+        if not all_finite(tensor):
             return (
                 f"'{key}' contains NaN or Inf; replace them (torch.nan_to_num) to convert this layer"
             )
     return None
+
+
+_FINITE_CHUNK = 1 << 16  # elements
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """True when no element is NaN or +-Inf. Checked 65536 elements at a time, because
+    ``torch.isfinite`` of a whole weight allocates about 2.5 times its size in temporaries.
+
+    >>> all_finite(torch.tensor([1.0, float("nan")]))
+    False
+    """
+    flat = tensor.detach().reshape(-1)
+    return all(bool(torch.isfinite(chunk).all()) for chunk in flat.split(_FINITE_CHUNK))
 
 
 def _state_type_name(prefix: str, tensors: Mapping[str, torch.Tensor]) -> str | None:

@@ -16,7 +16,6 @@ import torch
 
 from ._layers import skipped_layer, state_kind
 from .info import QuantizationInfo
-from .schemes.base import Scheme
 from .schemes.registry import get_scheme, scheme_names
 from .selection import state_skip_reason
 
@@ -47,22 +46,34 @@ def group_by_layer(state_dict: Mapping[str, Any]) -> dict[str, dict[str, torch.T
     return groups
 
 
-def quantize_state_dict(state_dict: Mapping[str, Any], scheme: Scheme, info: QuantizationInfo) -> dict[str, Any]:
-    """The quantized copy of ``state_dict``; each layer is recorded in ``info``.
+def quantize_state_dict(state_dict: Mapping[str, Any], schemes: Any, info: QuantizationInfo) -> dict[str, Any]:
+    """The quantized copy of ``state_dict``; each layer is recorded in ``info``. ``schemes``
+    is a ``Scheme`` or anything with ``for_layer(prefix) -> Scheme`` (per-layer overrides).
 
     >>> new_sd = quantize_state_dict(model.state_dict(), Int8Scheme(config), info)
     """
     converted: dict[str, dict[str, torch.Tensor]] = {}
     with torch.no_grad():
         for prefix, tensors in group_by_layer(state_dict).items():
-            reason = state_skip_reason(prefix, tensors, scheme)
-            if reason is None:
-                converted[prefix], record = scheme.convert_state(prefix, tensors)
-            else:
-                converted[prefix] = {k: t.detach().clone() for k, t in tensors.items()}
-                record = skipped_layer(prefix, state_kind(prefix, tensors), tensors, reason)
+            converted[prefix], record = convert_state_layer(prefix, tensors, schemes)
             info.add(record)
     return _rebuild(state_dict, converted)
+
+
+def convert_state_layer(prefix: str, tensors: Mapping[str, torch.Tensor], schemes: Any):
+    """The new entries of one state_dict layer (copies when it is skipped) and its record."""
+    scheme = schemes.for_layer(prefix) if hasattr(schemes, "for_layer") else schemes
+    reason = state_skip_reason(prefix, tensors, scheme)
+    if reason is None:
+        return scheme.convert_state(prefix, tensors)
+    return ({k: t.detach().clone() for k, t in tensors.items()},
+            skipped_layer(prefix, state_kind(prefix, tensors), tensors, reason))
+
+
+def rebuild_state_dict(original: Mapping[str, Any], converted: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, Any]:
+    """The entries of ``original`` with each layer's replaced by ``converted[prefix]``, in the
+    original key order (new keys of a layer follow its ``weight``)."""
+    return _rebuild(original, converted)
 
 
 def dequantize_state_dict(state_dict: Mapping[str, Any], dtype: torch.dtype = torch.float32) -> dict[str, Any]:

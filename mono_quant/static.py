@@ -12,6 +12,8 @@ from torch import nn
 
 from . import _kernels as K
 from ._calib_data import Batch
+from ._integrations import after_quantization
+from ._layer_schemes import add_pattern_warnings, check_not_meta
 from ._layers import own_tensors, skipped_layer
 from ._working_copy import inference, working_copy
 from .calibration import (
@@ -23,6 +25,7 @@ from .calibration import (
     static_config,
 )
 from .config import QuantizationConfig
+from .errors import PartialConversionError
 from .info import LayerInfo, QuantizationInfo
 from .schemes.static_int8 import StaticInt8Scheme
 
@@ -33,11 +36,18 @@ def static_quantize(
     *,
     config: QuantizationConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
     progress: bool | None = None,
+    inplace: bool = False,
     **options: Any,
 ) -> tuple[nn.Module, QuantizationInfo]:
     """Statically quantize a copy of ``model``: nn.Linear and nn.Conv2d get INT8 weights (per
     output channel) and INT8 inputs with a scale and zero point calibrated on ``calib_data``.
-    The original model is never modified, also when calibration fails.
+    The original model is never modified, also when calibration fails, unless ``inplace=True``:
+    then ``model`` itself is calibrated (hooks are removed, training flags restored) and
+    converted without a copy. In place, layers are swapped one by one, each float layer
+    released once replaced, when no output SQNR is measured (``compute_sqnr=False`` or
+    ``CalibrationStats`` passed); otherwise all quantized layers are built first, as the SQNR
+    check runs float and quantized layers side by side. A failure while converting raises a
+    ``PartialConversionError`` naming the layers already swapped (discard the model).
 
     ``calib_data``: a DataLoader or any iterable of batches (tensors, ``(input, target)``
     tuples, dicts of keyword arguments), one tensor / dict, or the ``CalibrationStats`` of an
@@ -53,21 +63,47 @@ def static_quantize(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"static_quantize needs an nn.Module (it runs the model); got {type(model).__name__}")
+    if not isinstance(inplace, bool):
+        raise TypeError(f"inplace must be True or False; got {inplace!r}")
     cfg = static_config(config, options)
-    root = working_copy(model, "static_quantize")
+    check_not_meta(model, "static_quantize")
+    root = model if inplace else working_copy(model, "static_quantize")
     layers, skipped = select_layers(root, cfg)
     if isinstance(calib_data, CalibrationStats):
         stats = calib_data
     else:
         stats = run_calibration(root, calib_data, layers, cfg, progress, skipped)
     scheme = StaticInt8Scheme(cfg, stats)
-    converted = {name: scheme.convert_module(name, module) for name, module in layers.items() if name in stats.layers}
+    names = [name for name in layers if name in stats.layers]
+    if inplace and not (cfg.compute_sqnr and stats.holdout is not None):
+        root, records = _swap_one_by_one(root, names, layers, scheme)
+        info = _report(root, cfg, layers, skipped, records, stats)
+        after_quantization(root, info)
+        return root, info
+    converted = {name: scheme.convert_module(name, layers[name]) for name in names}
     if cfg.compute_sqnr and stats.holdout is not None:
         sqnr = output_sqnr(root, {name: (layers[name], new) for name, (new, _) in converted.items()}, stats.holdout)
         converted = {name: (new, _with_output_sqnr(record, sqnr.get(name), stats))
                      for name, (new, record) in converted.items()}
     info = _report(root, cfg, layers, skipped, {name: record for name, (_, record) in converted.items()}, stats)
-    return _swap(root, {name: new for name, (new, _) in converted.items()}), info
+    root = _swap(root, {name: new for name, (new, _) in converted.items()})
+    after_quantization(root, info)
+    return root, info
+
+
+def _swap_one_by_one(root: nn.Module, names: list[str], layers: dict[str, nn.Module],
+                     scheme: StaticInt8Scheme) -> tuple[nn.Module, dict[str, LayerInfo]]:
+    """Convert and swap each layer in turn (in place): the float layer leaves ``layers`` and
+    the model as soon as its replacement is in, so only one layer is held twice."""
+    records: dict[str, LayerInfo] = {}
+    for name in names:
+        try:
+            new, records[name] = scheme.convert_module(name, layers.pop(name))
+            root = _swap(root, {name: new})
+        except Exception as exc:
+            raise PartialConversionError(name, list(records)[:-1] if name in records else list(records), exc) from exc
+        del new
+    return root, records
 
 
 def output_sqnr(
@@ -104,6 +140,7 @@ def _report(
 ) -> QuantizationInfo:
     """Every considered layer in model order: converted, uncalibrated or skipped."""
     info = QuantizationInfo(config=cfg)
+    add_pattern_warnings(info, (name for name, _ in root.named_modules()), cfg)
     for name, module in root.named_modules():
         if name in records:
             info.add(records[name])

@@ -19,13 +19,13 @@ from . import _safetensors as st
 from ._file_metadata import FileMetadata, LayerEntry, global_values
 from ._files import check_regular, open_regular, remove_stale_partials
 from ._json import loads_untrusted
+from ._layer_schemes import LayerSchemes, add_pattern_warnings
 from ._layers import skipped_layer, state_kind
 from ._safetensors import tensor_crc32
 from .config import QuantizationConfig
 from .errors import CorruptFileError
 from .info import QuantizationInfo
 from .io import check_folder, check_state_layer, file_kind, load_pt_untrusted, run_dtype, state_layer_entry
-from .schemes.registry import get_scheme
 from .selection import state_skip_reason
 from .state_dict import join_key, split_key
 
@@ -38,6 +38,7 @@ def quantize_checkpoint(
     dtype: str | torch.dtype | None = None,
     *,
     config: QuantizationConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    jobs: int = 1,
     **options: Any,
 ) -> QuantizationInfo:
     """Quantize the checkpoint ``src`` into ``dst`` and return the report.
@@ -45,53 +46,87 @@ def quantize_checkpoint(
     ``src`` is a ``.safetensors`` file, a sharded set's ``*.safetensors.index.json``, a folder
     holding either, or a ``.pt`` / ``.bin`` state_dict (loaded whole with
     ``torch.load(weights_only=True)``). ``dst`` is a ``.safetensors`` file written one tensor
-    at a time (memory stays near the largest layer; disk briefly holds the output twice), or a
-    ``.pt`` file (all outputs are kept in memory until it is written). ``dtype``, ``config``
-    and ``options`` are those of ``dynamic_quantize``; the file is what
+    at a time (memory stays near the largest layer; disk briefly holds the output twice), a
+    ``.pt`` file (all outputs are kept in memory until it is written), or a folder (a path
+    without a file suffix): there each source shard becomes a shard of the same name plus
+    ``model.safetensors.index.json``, and a transformers ``config.json`` next to the source is
+    copied with a ``quantization_config``, with the folder's other files (tokenizer, ...), so
+    that ``from_pretrained`` loads it (see ``mono_quant.sharded``). ``jobs`` quantizes that
+    many shards at once, each in its own process with the memory of one layer.
+    ``dtype``, ``config`` and ``options`` are those of ``dynamic_quantize``; the file is what
     ``save_quantized(*dynamic_quantize(state_dict, ...))`` would write for the same tensors.
     The end-of-run checks of ``dynamic_quantize`` do not run here (they would need the whole
     output in memory); ``mono_quant.validate.validate_file`` / ``mono-quant validate`` check
     the file afterwards.
 
     >>> info = quantize_checkpoint("model.safetensors", "model-int8.safetensors", "int8")
+    >>> info = quantize_checkpoint("llama-7b/", "llama-7b-int4/", "int4", jobs=4)
     >>> print(info)
     """
     cfg = QuantizationConfig.from_sources(config, dtype=dtype, **options)
-    scheme = get_scheme(cfg.dtype)(cfg)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1; got {jobs!r}")
     info = QuantizationInfo(config=cfg)
-    check_folder(dst)
+    folder_output = is_folder_path(dst)
+    if not folder_output:
+        check_folder(dst)
+        file_kind(dst)
     source = open_checkpoint(src)
+    add_pattern_warnings(info, {split_key(name)[0] for name in source.names}, cfg)
+    if folder_output:
+        from .sharded import quantize_to_folder  # late: it imports this module
+
+        return quantize_to_folder(source, src, dst, cfg, info, jobs)
+    if jobs != 1:
+        raise ValueError(f"jobs={jobs} splits the work by output shard; write to a folder (a path without a file "
+                         "suffix) to use it, or pass jobs=1")
     if any(Path(dst).resolve() == Path(p).resolve() for p in source.files):
         raise ValueError(f"{os.fspath(dst)} is also the source; write the quantized checkpoint to another path")
     sink = _SafetensorsSink(dst) if file_kind(dst) == "safetensors" else _PtSink(dst)
-    layers, checksums = {}, {}
+    schemes = LayerSchemes(cfg)
     try:
-        with torch.no_grad():
-            for prefix, tensors in source.layers():
-                reason = state_skip_reason(prefix, tensors, scheme)
-                if reason is None:
-                    out, record = scheme.convert_state(prefix, tensors)
-                else:
-                    out, record = tensors, skipped_layer(prefix, state_kind(prefix, tensors), tensors, reason)
-                info.add(record)
-                entry = source.layer_entry(prefix, tensors, out, record)
-                if entry is not None:
-                    layers[prefix] = entry
-                for attr, tensor in out.items():
-                    tensor = tensor.detach().to("cpu").contiguous()
-                    checksums[join_key(prefix, attr)] = tensor_crc32(tensor)
-                    sink.write(join_key(prefix, attr), tensor)
-                del tensors, out
-        scheme.finish(info)
-        dtype_name, group_size = run_dtype(layers, {}, info)
-        schemes = [entry.scheme for entry in layers.values()]
-        meta = FileMetadata(global_values("state_dict", dtype_name, group_size, schemes, "state_dict"),
-                            layers, {}, checksums)
+        meta = quantize_layers(source, None, sink, schemes, info)
+        schemes.finish(info)
         sink.finish(meta.to_strings())
     except BaseException:
         sink.abort()
         raise
     return info
+
+
+def is_folder_path(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` names a folder output: an existing folder, or a path ending in a
+    separator or without a file suffix ("out", "out/", "llama-int4")."""
+    text = os.fspath(path)
+    return os.path.isdir(text) or text.endswith((os.sep, "/")) or not Path(text).suffix
+
+
+def quantize_layers(source: Checkpoint, only: set[str] | None, sink, schemes: LayerSchemes,
+                    info: QuantizationInfo) -> FileMetadata:
+    """Quantize the layers of ``source`` (those in ``only``, else all) one at a time into
+    ``sink``; returns the metadata of what was written (records go to ``info``)."""
+    layers, checksums = {}, {}
+    with torch.no_grad():
+        for prefix, tensors in source.layers(only):
+            scheme = schemes.for_layer(prefix)
+            reason = state_skip_reason(prefix, tensors, scheme)
+            if reason is None:
+                out, record = scheme.convert_state(prefix, tensors)
+            else:
+                out, record = tensors, skipped_layer(prefix, state_kind(prefix, tensors), tensors, reason)
+            info.add(record)
+            entry = source.layer_entry(prefix, tensors, out, record)
+            if entry is not None:
+                layers[prefix] = entry
+            for attr, tensor in out.items():
+                tensor = tensor.detach().to("cpu").contiguous()
+                checksums[join_key(prefix, attr)] = tensor_crc32(tensor)
+                sink.write(join_key(prefix, attr), tensor)
+            del tensors, out
+    dtype_name, group_size = run_dtype(layers, {}, info)
+    described = [entry.scheme for entry in layers.values()]
+    return FileMetadata(global_values("state_dict", dtype_name, group_size, described, "state_dict"),
+                        layers, {}, checksums)
 
 
 class Checkpoint:
@@ -101,17 +136,25 @@ class Checkpoint:
     yields ``(prefix, {key: tensor})`` one layer at a time.
     """
 
-    def __init__(self, names: dict[str, str], whole: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(self, names: dict[str, str], whole: dict[str, torch.Tensor] | None = None,
+                 sharded: bool = False) -> None:
         self.names = names
         self.files = sorted(set(names.values()))
+        self.is_sharded = sharded  # read through a *.safetensors.index.json
         self._whole = whole
 
-    def layers(self) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
+    def layers(self, only: set[str] | None = None) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
+        """``(prefix, {key: tensor})`` for each layer (those in ``only``, else all), in file order."""
+        for prefix, names in self.groups().items():
+            if only is None or prefix in only:
+                yield prefix, {split_key(n)[1]: t for n, t in self.read(names).items()}
+
+    def groups(self) -> dict[str, list[str]]:
+        """Layer prefix -> its tensor names, in file order."""
         groups: dict[str, list[str]] = {}
         for name in self.names:
             groups.setdefault(split_key(name)[0], []).append(name)
-        for prefix, names in groups.items():
-            yield prefix, {split_key(n)[1]: t for n, t in self.read(names).items()}
+        return groups
 
     def shapes(self) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         """Each tensor's dtype and shape, from the headers (a .pt checkpoint is in memory)."""
@@ -172,7 +215,7 @@ def open_checkpoint(src: str | os.PathLike[str]) -> Checkpoint:
     name = path.name.lower()
     if name.endswith(".json"):
         _require_reader()
-        return Checkpoint(_index_names(path))
+        return Checkpoint(_index_names(path), sharded=True)
     if name.endswith(".safetensors"):
         _require_reader()
         return Checkpoint({n: str(path) for n in _header(path).tensors})

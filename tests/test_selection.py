@@ -206,8 +206,10 @@ def test_state_dict_non_finite_and_requantized_entries():
     assert all(torch.equal(once[k], twice[k]) for k in once)
 
 
-def test_meta_weights_are_skipped():
+def test_meta_weights_are_an_error_not_a_silently_unquantized_model():
     with torch.device("meta"):
         model = nn.Sequential(nn.Linear(32, 32))
-    _, info = dynamic_quantize(model, min_params=0)
-    assert info.skipped["0"] == "'weight' is on the meta device (its values were never loaded); load the weights first"
+    with pytest.raises(ValueError, match=r"on the meta device \('0.weight', '0.bias'\).*Load the weights first"):
+        dynamic_quantize(model, min_params=0)
+    with pytest.raises(ValueError, match="on the meta device"):
+        dynamic_quantize(model.state_dict(), min_params=0)

@@ -73,18 +73,31 @@ class QuantizedLinear(PackedLinearMixin, nn.Module):
         check_int8_config(cls.__name__, config)
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_float needs an nn.Linear; got {type(linear).__name__}")
+        q, scale, zp = quantize_weight_int8(linear.weight, symmetric=config.symmetric, per_channel=config.per_channel)
+        return cls.from_quantized(linear, q, scale, zp, per_channel=config.per_channel)
+
+    @classmethod
+    def from_quantized(
+        cls, linear: nn.Linear, qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+        *, per_channel: bool = True,
+    ) -> QuantizedLinear:
+        """The layer replacing ``linear`` (left unchanged; its bias is copied) with the weight
+        ``quantize_weight_int8`` gave for it; symmetric when ``qweight`` is int8.
+
+        >>> q, scale, zp = quantize_weight_int8(fc.weight)
+        >>> layer = QuantizedLinear.from_quantized(fc, q, scale, zp)
+        """
         weight, bias = linear.weight, linear.bias
         layer = cls(
             linear.in_features,
             linear.out_features,
             bias is not None,
-            symmetric=config.symmetric,
-            per_channel=config.per_channel,
+            symmetric=qweight.dtype == torch.int8,
+            per_channel=per_channel,
             device="meta",
             bias_dtype=weight.dtype if bias is None else bias.dtype,
         )
-        q, scale, zp = quantize_weight_int8(weight, symmetric=config.symmetric, per_channel=config.per_channel)
-        layer.set_weight(q, scale, zp)
+        layer.set_weight(qweight, scale, zero_point)
         layer.bias = None if bias is None else bias.detach().clone()
         layer.train(linear.training)
         return layer

@@ -104,6 +104,19 @@ class QuantizedLinearInt4(PackedLinearMixin, nn.Module):
         reason = cls.supports(linear, group_size)
         if reason is not None:
             raise ValueError(f"cannot store this layer as INT4: {reason}")
+        quantized = _kernels.int4_quantize(linear.weight, group_size, symmetric, scale_method)
+        return cls.from_quantized(linear, *quantized, group_size=group_size, symmetric=symmetric)
+
+    @classmethod
+    def from_quantized(
+        cls, linear: nn.Linear, qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+        *, group_size: int, symmetric: bool,
+    ) -> QuantizedLinearInt4:
+        """The layer replacing ``linear`` (left unchanged; its bias is copied) with the weight
+        ``int4_quantize`` gave for it.
+
+        >>> layer = QuantizedLinearInt4.from_quantized(fc, *int4_quantize(fc.weight, 64), group_size=64, symmetric=True)
+        """
         weight, bias = linear.weight, linear.bias
         layer = cls(
             linear.in_features,
@@ -114,7 +127,7 @@ class QuantizedLinearInt4(PackedLinearMixin, nn.Module):
             device="meta",
             bias_dtype=weight.dtype if bias is None else bias.dtype,
         )
-        layer.set_weight(*_kernels.int4_quantize(weight, group_size, symmetric, scale_method))
+        layer.set_weight(qweight, scale, zero_point)
         layer.bias = None if bias is None else bias.detach().clone()
         layer.train(linear.training)
         return layer

@@ -98,6 +98,10 @@ class Scheme(ABC):
     def finish(self, info: QuantizationInfo) -> None:
         """Called once after every layer was handled: add run-level warnings to ``info``."""
 
+    def start_model(self, model: nn.Module) -> None:
+        """Called once with the model about to be converted (module mode only), before any
+        layer is: with ``inplace=True`` it is the caller's model, still unconverted."""
+
     def finish_model(self, original: nn.Module, model: nn.Module) -> None:
         """Called once with the caller's model (read only) and the converted copy, after
         every layer was handled (module mode only): model-wide changes such as fp16's dtype

@@ -47,6 +47,7 @@ class Fp16Scheme(Scheme):
     def __init__(self, config) -> None:
         super().__init__(config)
         self._cast: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(original) -> (original, cast)
+        self._interface: torch.dtype | None = None  # the model's dtype before conversion
 
     def skip_reason(self, name: str, module: nn.Module) -> str | None:
         return _range_reason(own_tensors(module))
@@ -71,8 +72,12 @@ class Fp16Scheme(Scheme):
         }
         return out, self._record(prefix, state_kind(prefix, tensors), tensors, out)
 
+    def start_model(self, model: nn.Module) -> None:
+        self._interface = model_float_dtype(model)  # in place, `original` is cast by the end
+
     def finish_model(self, original: nn.Module, model: nn.Module) -> None:
-        add_cast_hooks(model, torch.float16, model_float_dtype(original))
+        interface = self._interface if self._interface is not None else model_float_dtype(original)
+        add_cast_hooks(model, torch.float16, interface)
 
     def finish(self, info: QuantizationInfo) -> None:
         kept = [

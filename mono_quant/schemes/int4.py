@@ -57,16 +57,21 @@ class Int4Scheme(Scheme):
         )
         if reason is not None:
             return self._fallback(self._int8.convert_module(name, module), reason)
-        quantized = QuantizedLinearInt4.from_float(module, cfg.group_size, cfg.symmetric, cfg.scale_method)
+        # Measured on the file-layout triple before packing: the float copy the SQNR needs is
+        # then the only temporary, so a layer costs at most its float size + its int4 size.
+        g = cfg.group_size
+        q, scale, zp = K.int4_quantize(module.weight, g, cfg.symmetric, cfg.scale_method)
+        canonical = [q, scale, zp] + ([] if module.bias is None else [module.bias])
         record = self._record(
             name,
             type(module).__name__,
             module.weight,
-            quantized.dequantized_weight,
+            lambda dtype: K.int4_dequantize(q, scale, zp, g, dtype),
             tensor_bytes(own_tensors(module).values()),
-            quantized.storage_bytes(),
+            tensor_bytes(canonical),
             has_bias=module.bias is not None,
         )
+        quantized = QuantizedLinearInt4.from_quantized(module, q, scale, zp, group_size=g, symmetric=cfg.symmetric)
         return quantized, record
 
     def skip_state_reason(self, prefix: str, tensors: Mapping[str, torch.Tensor]) -> str | None:

@@ -36,6 +36,8 @@ class Int8Scheme(Scheme):
     }
 
     def convert_module(self, name: str, module: nn.Module) -> tuple[nn.Module, LayerInfo]:
+        if type(module) is nn.Linear:
+            return self._convert_linear(name, module)
         quantized = self._replacements[type(module)].from_float(module, self.config)
         return quantized, self._record(
             name,
@@ -47,6 +49,19 @@ class Int8Scheme(Scheme):
             int8_qdtype(quantized.symmetric),
             has_bias=quantized.bias is not None,
         )
+
+    def _convert_linear(self, name: str, module: nn.Linear) -> tuple[nn.Module, LayerInfo]:
+        # Measured on the file-layout triple before packing: the float copy the SQNR needs is
+        # then the only temporary, so a layer costs at most its float size + its int8 size.
+        cfg = self.config
+        q, scale, zp = quantize_weight_int8(module.weight, symmetric=cfg.symmetric, per_channel=cfg.per_channel)
+        canonical = [q, scale, zp] + ([] if module.bias is None else [module.bias])
+        record = self._record(
+            name, type(module).__name__, module.weight, lambda dtype: dequantize_weight_int8(q, scale, zp, dtype),
+            tensor_bytes(own_tensors(module).values()), tensor_bytes(canonical), q.dtype,
+            has_bias=module.bias is not None,
+        )
+        return QuantizedLinear.from_quantized(module, q, scale, zp, per_channel=cfg.per_channel), record
 
     def skip_state_reason(self, prefix: str, tensors: Mapping[str, torch.Tensor]) -> str | None:
         weight = tensors.get("weight")
