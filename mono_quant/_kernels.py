@@ -570,11 +570,12 @@ def linear_int4(x: torch.Tensor, packed: torch.Tensor, out_features: int, in_fea
 def linear_packed(x: torch.Tensor, packed: torch.Tensor, n: int, k: int, group_size: int,
                   bias: torch.Tensor | None) -> torch.Tensor:
     """The C Linear kernel on a packed weight (``group_size`` 0: INT8, else INT4), with no
-    argument checks beyond the C ones: the hot path of the quantized Linear modules, for
+    argument checks beyond x's last dimension and the C ones: the hot path of the quantized Linear modules, for
     inputs ``linear_packed_uses_c`` accepted. ``x [..., k]`` -> ``[..., n]`` of x's dtype.
 
     >>> y = linear_packed(torch.randn(4, 64), pack_linear_int8(q, scale, zp), 32, 64, 0, None)
     """
+    check_last_dim(x, k)
     x2 = x.detach().reshape(-1, k)
     if not x2.is_contiguous():
         x2 = x2.contiguous()
@@ -585,6 +586,13 @@ def linear_packed(x: torch.Tensor, packed: torch.Tensor, n: int, k: int, group_s
     else:
         _C.linear_int8(_capsule(x2), _capsule(packed), n, k, bias_capsule, _capsule(out), num_threads())
     return out.view(*x.shape[:-1], n)
+
+
+def check_last_dim(x: torch.Tensor, k: int) -> None:
+    """ValueError unless ``x`` has ``k`` values in its last dimension (``reshape(-1, k)``
+    would silently take a ``[2, 128]`` input of a 64-feature layer as ``[4, 64]``)."""
+    if x.dim() < 1 or x.shape[-1] != k:
+        raise ValueError(f"x must have in_features={k} values in its last dimension; got shape {tuple(x.shape)}")
 
 
 def linear_packed_uses_c(x: torch.Tensor, packed: torch.Tensor) -> bool:

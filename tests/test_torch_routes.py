@@ -194,3 +194,28 @@ def test_minilm_traces_and_compiles_in_one_graph(scheme):
         traced = torch.jit.trace(qmodel, example_kwarg_inputs=batch, strict=False)
         out = traced(**other)
         assert torch.equal(out["last_hidden_state"], eager)
+
+
+def test_dispatch_modes_see_the_operators(kind):
+    # Plain eager calls skip the dispatcher (_ops.plain_eager); anything that watches the
+    # dispatcher (a TorchDispatchMode: profilers, FlopCounterMode, fake and functional modes)
+    # must still see the operator, and get the same result.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    module = MODULES[kind]().eval()
+    x = _inputs(kind, 3)
+    with torch.no_grad():
+        eager = module(x)
+        with Record() as record:
+            watched = module(x)
+    assert f"mono_quant.{_op_name(kind)}.default" in record.ops
+    assert torch.equal(watched, eager)
