@@ -3,7 +3,7 @@
  *
  * Every kernel takes raw pointers to contiguous row-major data plus sizes, writes into
  * memory its caller allocated, and returns an mq_status (MQ_OK == 0).  No kernel allocates
- * in its hot loop, touches Python, aborts or exits.  The Python module (module.c) checks
+ * in its hot loop, touches Python, aborts or exits.  The Python module (module.c, py_*.c) checks
  * DLPack tensors, calls these, and turns each status into one Python exception.
  *
  * Layout convention: a tensor quantized per channel is viewed as [outer, channels, inner]
