@@ -59,6 +59,17 @@ static PyMethodDef methods[] = {
      "linear_isas() -> list: the quantized Linear paths this CPU can run, best last."},
     {"set_linear_isa", py_set_linear_isa, METH_VARARGS,
      "set_linear_isa(name) -> str: test hook, force a Linear path ('auto' = best); returns the previous."},
+    /* GPTQ */
+    {"gptq_hessian_add", py_gptq_hessian_add, METH_VARARGS,
+     "gptq_hessian_add(x[rows,k], mask[rows] uint8 or None, h[k,k] float64, num_threads) -> int: "
+     "h += x^T x over the unmasked rows (upper triangle only); returns the rows counted."},
+    {"gptq_int4", py_gptq_int4, METH_VARARGS,
+     "gptq_int4(w[n,k] float32 (scratch), u[k,k], perm[k] int64 or None, scale[n,k/g] fp16, "
+     "zero_point[n,k/g], g, block_size, out_qweight[n,k/2], num_threads): the GPTQ column loop."},
+    {"gptq_isas", py_gptq_isas, METH_NOARGS,
+     "gptq_isas() -> list: the GPTQ inner-loop tables this CPU can run, best last."},
+    {"set_gptq_isa", py_set_gptq_isa, METH_VARARGS,
+     "set_gptq_isa(name) -> str: test hook, force a GPTQ table ('auto' = best); returns the previous."},
     {NULL, NULL, 0, NULL},
 };
 
