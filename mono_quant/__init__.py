@@ -5,6 +5,7 @@
 """
 
 from . import nn
+from .calib import LayerChoice, PrecisionPlan, gptq_quantize
 from .calibration import CalibrationStats, LayerRange, calibrate
 from .config import QuantizationConfig
 from .errors import CorruptFileError, ValidationError
@@ -26,6 +27,7 @@ __all__ = [
     # quantize a model
     "dynamic_quantize",
     "static_quantize",
+    "gptq_quantize",
     "calibrate",
     "QuantizationConfig",
     # what happened
@@ -33,6 +35,8 @@ __all__ = [
     "LayerInfo",
     "CalibrationStats",
     "LayerRange",
+    "PrecisionPlan",
+    "LayerChoice",
     # files and checks
     "save_quantized",
     "load_quantized",

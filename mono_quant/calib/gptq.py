@@ -1,0 +1,158 @@
+"""GPTQ for one nn.Linear: its Hessian from the captured inputs, damping and factorisation
+(torch.linalg, float64), the column loop (C, ``_kernels.gptq_int4``), and its record.
+
+Static groups: each group's scale and zero point are those the data-free INT4 quantizer picks
+on the original weights (``scale_method`` included), so the stored layout, the kernels and the
+files are exactly those of data-free INT4; GPTQ only chooses the nibbles. Inputs the calibration
+data never activated (a zero Hessian diagonal) are decoupled from the rest: those columns are
+rounded to nearest, as without GPTQ, rather than zeroed, since other data may use them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .. import _kernels as K
+from .._layers import dtype_name, int4_bits_per_weight, own_tensors, tensor_bytes
+from ..config import QuantizationConfig
+from ..info import LayerInfo
+from ..nn import QuantizedLinearInt4
+from .stages import Chunk
+
+DAMP_RETRIES = 4  # after a failed factorisation the damping grows x10, this many times
+
+
+@dataclasses.dataclass(frozen=True)
+class Factor:
+    """``u`` with ``(H + damp * mean(diag H) * I)^-1 = u^T u`` (float32, processing order) and
+    the damping fraction that made the factorisation succeed."""
+
+    u: torch.Tensor
+    damp: float
+
+
+def hessian(chunks: Sequence[Chunk], k: int) -> tuple[torch.Tensor, int]:
+    """``sum x^T x`` over the counted rows of ``chunks`` (float64 ``[k, k]``, symmetric) and the
+    rows counted.
+
+    >>> h, rows = hessian(inputs["fc1"].chunks, 384)
+    """
+    h = torch.zeros(k, k, dtype=torch.float64)
+    rows = 0
+    for chunk in chunks:
+        rows += K.gptq_hessian_add(chunk.x, chunk.mask, h)
+    return K.hessian_symmetric(h), rows
+
+
+def inverse_factor(h: torch.Tensor, damp: float, name: str) -> Factor:
+    """Factor the damped inverse of ``h`` (already permuted); on failure retry with 10x the
+    damping, ``DAMP_RETRIES`` times, then raise a ValueError that names the layer.
+
+    With J the exchange matrix (reversed order), J H J = L L^T gives H^-1 = u^T u for the upper
+    triangular u = J L^-1 J: one Cholesky and one triangular inverse, several times faster
+    than inverting H and factoring again.
+    """
+    mean = float(torch.diagonal(h).mean())
+    fractions = [damp] + [max(damp, 1e-4) * 10.0**i for i in range(1, DAMP_RETRIES + 1)]
+    eye = torch.eye(h.shape[0], dtype=torch.float64)
+    flipped = h.flip(0, 1)
+    for fraction in fractions:
+        lower, info = torch.linalg.cholesky_ex(flipped + eye * (fraction * mean))
+        if int(info) != 0:
+            continue
+        u = torch.linalg.solve_triangular(lower, eye, upper=False).flip(0, 1).float()
+        if bool(torch.isfinite(u).all()) and bool((torch.diagonal(u) > 0).all()):
+            return Factor(u, fraction)
+    raise ValueError(
+        f"GPTQ: the Hessian of layer {name!r} could not be factored even with damp={fractions[-1]:g} "
+        f"(the calibration inputs of this layer are degenerate); leave it out with "
+        f"modules_to_not_convert=[{name!r}] or give more varied calibration data"
+    )
+
+
+def gptq_linear(
+    name: str, linear: nn.Linear, h: torch.Tensor, rows: int, holdout: Sequence[Chunk],
+    cfg: QuantizationConfig, measured_on: str,
+) -> tuple[QuantizedLinearInt4, LayerInfo]:
+    """Quantize ``linear`` (left unchanged) with GPTQ on its Hessian ``h`` (``rows`` tokens);
+    the record's SQNR is that of the layer's output on the ``holdout`` inputs.
+
+    >>> q, record = gptq_linear("fc1", model.fc1, h, rows, inputs["fc1"].holdout, cfg, "a held-back batch")
+    """
+    g = cfg.group_size
+    w = linear.weight.detach().float()
+    q_free, scale, zp = K.int4_quantize(w, g, cfg.symmetric, cfg.scale_method)  # the static groups
+    h = h.clone()
+    diag = torch.diagonal(h)
+    dead = diag == 0
+    diag[dead] = 1.0
+    perm = torch.argsort(diag, descending=True, stable=True) if cfg.act_order else None
+    factor = inverse_factor(h if perm is None else h[perm][:, perm], cfg.damp, name)
+    qweight = K.gptq_int4(w if perm is None else w[:, perm], factor.u, perm, scale, zp, g)
+    layer = _module(linear, qweight, scale, zp, cfg)
+    details = {
+        "method": "gptq", "act_order": cfg.act_order, "damp": factor.damp, "calibration_rows": rows,
+        "dead_inputs": int(dead.sum()),
+    }
+    return layer, _record(name, linear, layer, cfg, details, (q_free, scale, zp), holdout, measured_on)
+
+
+def _module(linear: nn.Linear, qweight: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor,
+            cfg: QuantizationConfig) -> QuantizedLinearInt4:
+    bias = linear.bias
+    layer = QuantizedLinearInt4(linear.in_features, linear.out_features, bias is not None,
+                                group_size=cfg.group_size, symmetric=cfg.symmetric, device="meta",
+                                bias_dtype=linear.weight.dtype if bias is None else bias.dtype)
+    layer.set_weight(qweight, scale, zp)
+    layer.bias = None if bias is None else bias.detach().clone()
+    layer.train(linear.training)
+    return layer
+
+
+def _record(name: str, linear: nn.Linear, layer: QuantizedLinearInt4, cfg: QuantizationConfig,
+            gptq: dict, data_free: tuple[torch.Tensor, ...], holdout: Sequence[Chunk],
+            measured_on: str) -> LayerInfo:
+    weight = linear.weight.detach()
+    symmetry = "symmetric" if cfg.symmetric else "asymmetric"
+    details = {
+        "group_size": cfg.group_size, "symmetric": cfg.symmetric, "scale_method": cfg.scale_method,
+        "weight_dtype": dtype_name(weight.dtype), "bias": linear.bias is not None,
+        "bits_per_weight": int4_bits_per_weight(cfg.group_size), **gptq,
+    }
+    sqnr = None
+    if cfg.compute_sqnr:
+        w_hat = layer.dequantized_weight(torch.float32)
+        free = K.int4_dequantize(*data_free, cfg.group_size)
+        details["weight_sqnr_db"] = K.sqnr(weight.float(), w_hat)
+        sqnr = output_sqnr(weight, w_hat, holdout)
+        if sqnr is not None:
+            details["output_sqnr_db"] = sqnr
+            details["data_free_output_sqnr_db"] = output_sqnr(weight, free, holdout)
+            details["sqnr_measured_on"] = measured_on
+        else:  # the held-back batch never reached this layer
+            sqnr = details["weight_sqnr_db"]
+    return LayerInfo(
+        name=name, module_type=type(linear).__name__,
+        scheme=f"int4 g{cfg.group_size} {symmetry} {cfg.scale_method} gptq", dtype="int4",
+        shape=tuple(weight.shape), bytes_before=tensor_bytes(own_tensors(linear).values()),
+        bytes_after=layer.storage_bytes(), sqnr_db=sqnr, details=details,
+    )
+
+
+def output_sqnr(weight: torch.Tensor, w_hat: torch.Tensor, inputs: Sequence[Chunk]) -> float | None:
+    """SQNR (dB) of ``x @ w_hat.T`` against ``x @ weight.T`` over the counted rows of ``inputs``
+    (the bias cancels); None without rows.
+
+    >>> output_sqnr(fc.weight, q.dequantized_weight(), inputs["fc"].holdout)
+    31.4
+    """
+    xs = [c.x if c.mask is None else c.x[c.mask] for c in inputs]
+    xs = [x for x in xs if x.shape[0]]
+    if not xs:
+        return None
+    x = torch.cat(xs).float()
+    return K.sqnr(x @ weight.float().T, x @ w_hat.float().T)
