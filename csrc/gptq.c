@@ -124,8 +124,7 @@ mq_status mq_gptq_hessian_add(const void *x, mq_dtype x_dtype, int64_t rows, int
 /* ---- the GPTQ column loop ----------------------------------------------------------------- */
 typedef struct {
   const mq_gptq_kernels *kern;
-  float *w;
-  const float *u;
+  const float *w, *v;
   const int64_t *perm;
   const uint16_t *scale;
   const uint8_t *zero_point;
@@ -140,62 +139,65 @@ static inline float clamp_round(float v, float lo, float hi) {
   return (v + MQ_GPTQ_ROUND_MAGIC) - MQ_GPTQ_ROUND_MAGIC;
 }
 
-/* Rows [r0, r0 + rows) through every column.  spos/zpos: each row's scale and zero point per
- * processing position; e: the block's scaled errors, rows x block. */
-static void gptq_tile(const gptq_job *job, int64_t r0, int rows, float *spos, float *zpos, float *e) {
+/* Rows [r0, r0 + rows) through every column.  Scratch, rows x k each: spos / zpos, each row's
+ * scale and zero point per processing position, and acc, the feedback sums; d: the block's
+ * errors, rows x block. */
+static void gptq_tile(const gptq_job *job, int64_t r0, int rows, float *spos, float *zpos, float *acc,
+                      float *d) {
   const int64_t k = job->k, g = job->group_size, groups = k / g, block = job->block;
-  const float *u = job->u;
+  const float *v = job->v;
   for (int r = 0; r < rows; r++) {
     for (int64_t i = 0; i < k; i++) {
       const int64_t c = job->perm != NULL ? job->perm[i] : i, j = (r0 + r) * groups + c / g;
       spos[r * k + i] = mq_f16_to_f32(job->scale[j]);
       zpos[r * k + i] = (float)job->zero_point[j];
     }
+    memset(acc + r * k, 0, (size_t)k * sizeof(float));
     memset(job->qweight + (r0 + r) * (k / 2), 0, (size_t)(k / 2));
   }
   for (int64_t i1 = 0; i1 < k; i1 += block) {
     const int64_t i2 = i1 + block < k ? i1 + block : k;
     for (int64_t i = i1; i < i2; i++) {
-      const float *restrict ui = u + i * k;
-      const float d = ui[i];
+      const float *restrict vi = v + i * k;
       const int64_t c = job->perm != NULL ? job->perm[i] : i;
       for (int r = 0; r < rows; r++) {
-        float *restrict wr = job->w + (r0 + r) * k;
+        const float *restrict wr = job->w + (r0 + r) * k;
+        float *restrict ar = acc + r * k;
         const float s = spos[r * k + i], z = zpos[r * k + i];
-        const float level = clamp_round(wr[i] / s, -z, 15.0f - z);
-        const float err = (wr[i] - level * s) / d;
-        e[r * block + (i - i1)] = err;
+        const float target = wr[i] + ar[i] / vi[i];
+        const float level = clamp_round(target / s, -z, 15.0f - z);
+        const float err = wr[i] - level * s;
+        d[r * block + (i - i1)] = err;
         uint8_t *q = job->qweight + (r0 + r) * (k / 2) + c / 2;
         *q = (uint8_t)(*q | ((unsigned)(level + z) << (4 * (c & 1))));
-        for (int64_t j = i + 1; j < i2; j++) wr[j] = wr[j] - err * ui[j];
+        for (int64_t j = i + 1; j < i2; j++) ar[j] = ar[j] + err * vi[j];
       }
     }
-    if (i2 < k)
-      job->kern->lazy_update(job->w + r0 * k, k, rows, e, block, u + i1 * k, k, i2 - i1, i2, k);
+    if (i2 < k) job->kern->lazy_update(acc, k, rows, d, block, v + i1 * k, k, i2 - i1, i2, k);
   }
 }
 
 static void gptq_rows(void *ctx, int64_t begin, int64_t end) {
   gptq_job *job = ctx;
-  const int64_t k = job->k;
-  float *spos = malloc((size_t)(MQ_GPTQ_ROWS * k) * sizeof(float));
-  float *zpos = malloc((size_t)(MQ_GPTQ_ROWS * k) * sizeof(float));
-  float *e = malloc((size_t)(MQ_GPTQ_ROWS * job->block) * sizeof(float));
-  if (spos == NULL || zpos == NULL || e == NULL) {
+  const size_t tile = (size_t)(MQ_GPTQ_ROWS * job->k) * sizeof(float);
+  float *spos = malloc(tile), *zpos = malloc(tile), *acc = malloc(tile);
+  float *d = malloc((size_t)(MQ_GPTQ_ROWS * job->block) * sizeof(float));
+  if (spos == NULL || zpos == NULL || acc == NULL || d == NULL) {
     atomic_store(&job->nomem, 1);
   } else {
     for (int64_t r = begin; r < end; r += MQ_GPTQ_ROWS) {
       const int rows = (int)(end - r < MQ_GPTQ_ROWS ? end - r : MQ_GPTQ_ROWS);
-      gptq_tile(job, r, rows, spos, zpos, e);
+      gptq_tile(job, r, rows, spos, zpos, acc, d);
     }
   }
   free(spos);
   free(zpos);
-  free(e);
+  free(acc);
+  free(d);
 }
 
 /* The checks of the contract, before anything is written. */
-static mq_status gptq_check(const float *w, const float *u, const int64_t *perm,
+static mq_status gptq_check(const float *w, const float *v, const int64_t *perm,
                             const uint16_t *scale, const uint8_t *zero_point, int64_t n, int64_t k,
                             int64_t group_size) {
   for (int64_t i = 0; i < n * (k / group_size); i++) {
@@ -204,8 +206,8 @@ static mq_status gptq_check(const float *w, const float *u, const int64_t *perm,
   }
   if (!row_finite(w, n * k)) return MQ_ERR_NONFINITE;
   for (int64_t i = 0; i < k; i++) {
-    if (!row_finite(u + i * k + i, k - i)) return MQ_ERR_NONFINITE;
-    if (!(u[i * k + i] > 0.0f)) return MQ_ERR_ARG;
+    if (!row_finite(v + i * k + i, k - i)) return MQ_ERR_NONFINITE;
+    if (!(v[i * k + i] > 0.0f)) return MQ_ERR_ARG;
   }
   if (perm == NULL) return MQ_OK;
   uint8_t *seen = calloc((size_t)k, 1);
@@ -219,16 +221,16 @@ static mq_status gptq_check(const float *w, const float *u, const int64_t *perm,
   return st;
 }
 
-mq_status mq_gptq_int4(float *w, const float *u, const int64_t *perm, const uint16_t *scale,
+mq_status mq_gptq_int4(const float *w, const float *v, const int64_t *perm, const uint16_t *scale,
                        const uint8_t *zero_point, int64_t n, int64_t k, int64_t group_size,
                        int64_t block_size, uint8_t *qweight, int num_threads) {
   if (group_size != 32 && group_size != 64 && group_size != 128 && group_size != 256)
     return MQ_ERR_ARG;
   if (block_size < 1) return MQ_ERR_ARG;
   if (n < 0 || k < 1 || k % group_size != 0) return MQ_ERR_SHAPE;
-  mq_status st = gptq_check(w, u, perm, scale, zero_point, n, k, group_size);
+  mq_status st = gptq_check(w, v, perm, scale, zero_point, n, k, group_size);
   if (st != MQ_OK) return st;
-  gptq_job job = {mq_gptq_active(), w, u, perm, scale, zero_point, k, group_size, block_size,
+  gptq_job job = {mq_gptq_active(), w, v, perm, scale, zero_point, k, group_size, block_size,
                   qweight, 0};
   /* a row costs about k^2 multiply-adds */
   const int64_t min_rows = MQ_GPTQ_MIN_WORK_PER_THREAD / (k * k) + 1;

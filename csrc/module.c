@@ -64,7 +64,7 @@ static PyMethodDef methods[] = {
      "gptq_hessian_add(x[rows,k], mask[rows] uint8 or None, h[k,k] float64, num_threads) -> int: "
      "h += x^T x over the unmasked rows (upper triangle only); returns the rows counted."},
     {"gptq_int4", py_gptq_int4, METH_VARARGS,
-     "gptq_int4(w[n,k] float32 (scratch), u[k,k], perm[k] int64 or None, scale[n,k/g] fp16, "
+     "gptq_int4(w[n,k] float32, v[k,k], perm[k] int64 or None, scale[n,k/g] fp16, "
      "zero_point[n,k/g], g, block_size, out_qweight[n,k/2], num_threads): the GPTQ column loop."},
     {"gptq_isas", py_gptq_isas, METH_NOARGS,
      "gptq_isas() -> list: the GPTQ inner-loop tables this CPU can run, best last."},

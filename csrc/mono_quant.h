@@ -232,12 +232,14 @@ mq_status mq_int4_unpack(const uint8_t *qweight, int64_t n, int64_t k, uint8_t *
                          int num_threads);
 /* ---- GPTQ (gptq.c) -----------------------------------------------------------------------
  *
- * GPTQ quantizes a Linear weight w [n, k] column by column and, after each column, spreads
- * the rounding error over the columns not yet quantized, weighted by the inverse Hessian of
- * the layer's inputs, so that x . w_hat stays close to x . w on calibration inputs x rather
- * than w_hat close to w.  The Hessian H = x^T x is accumulated here; damping, the permutation
- * and the factorisation (H + damp I)^-1 = u^T u are computed by the caller (torch.linalg);
- * the column loop runs here.  The result is written in the canonical INT4 layout above.  */
+ * GPTQ quantizes a Linear weight w [n, k] column by column and feeds each column's rounding
+ * error into the columns not yet quantized, weighted by the Hessian of the layer's inputs, so
+ * that x . w_hat stays close to x . w on calibration inputs x rather than w_hat close to w.
+ * The Hessian H = x^T x is accumulated here; damping, the permutation and the factorisation
+ * H + damp I = v v^T (v upper triangular: the Cholesky factor in reversed order, computed by
+ * the caller with torch.linalg) are the caller's; the column loop runs here.  With v the loop
+ * needs no inverse: it is GPTQ's update w_j -= e_i u[i][j] with u = v^-1 (H^-1 = u^T u), written
+ * as a running sum of the errors themselves.  The result is the canonical INT4 layout above. */
 
 /*! mq_gptq_hessian_add() :
  *  h[i][j] += sum_r x[r][i] * x[r][j] for j >= i, over the rows r of x (F32, F16 or BF16,
@@ -252,21 +254,22 @@ mq_status mq_gptq_hessian_add(const void *x, mq_dtype x_dtype, int64_t rows, int
                               const uint8_t *mask, double *h, int64_t *counted, int num_threads);
 
 /*! mq_gptq_int4() :
- *  The GPTQ column loop with static groups.  Inputs, all row-major:
+ *  The GPTQ column loop with static groups.  Inputs, all row-major, none written:
  *    w     float32 [n, k], the weight with its columns in processing order: column i of w is
- *          column perm[i] of the layer.  Used as scratch: overwritten with the updated weights.
- *    u     float32 [k, k], the upper Cholesky factor of the inverse damped Hessian in the same
- *          column order (only j >= i is read; u[i][i] > 0).
+ *          column perm[i] of the layer.
+ *    v     float32 [k, k], upper triangular with v v^T = the damped Hessian in the same column
+ *          order (only j >= i is read; v[i][i] > 0).
  *    perm  int64 [k], a permutation of 0..k-1 (act-order), or NULL for the identity.
  *    scale (fp16 bits), zero_point: [n, k / group_size], the groups of the layer's own column
  *          order (column c is in group c / group_size), fixed before the loop ("static
  *          groups"), so groups stay contiguous in the stored layout whatever the order.
  *  For i = 0..k-1 and every row r, in float32 (no fused multiply-add), c = perm[i], s and z
- *  the scale (as float32) and zero point of row r's group of c:
- *      level = round_half_even(clamp(w[r][i] / s, -z, 15 - z))
- *      nibble(r, c) = level + z                      (written to qweight [n, k/2], c's place)
- *      e = (w[r][i] - level * s) / u[i][i]           (the error of the fp16-scaled value)
- *      w[r][j] = w[r][j] - e * u[i][j]               for j = i+1 .. k-1
+ *  the scale (as float32) and zero point of row r's group of c, acc[r][*] starting at 0:
+ *      target = w[r][i] + acc[r][i] / v[i][i]      (the weight with the errors fed back)
+ *      level  = round_half_even(clamp(target / s, -z, 15 - z))
+ *      nibble(r, c) = level + z                    (written to qweight [n, k/2], c's place)
+ *      d = w[r][i] - level * s                     (the error of the stored, fp16-scaled value)
+ *      acc[r][j] = acc[r][j] + d * v[i][j]         for j = i+1 .. k-1
  *  Columns are processed in blocks of block_size: inside a block each update is applied at
  *  once; the rest of the row receives the block's updates after the block ("lazy batch"), one
  *  column's update after the other in column order, so every element sees the same
@@ -274,11 +277,11 @@ mq_status mq_gptq_hessian_add(const void *x, mq_dtype x_dtype, int64_t rows, int
  *  the result.  Rows are independent (split across threads); results do not depend on the
  *  thread count or the ISA.
  *  @return MQ_ERR_ARG for a group size not in {32, 64, 128, 256}, block_size < 1, a scale not
- *          finite and > 0, a zero point > 15, u[i][i] <= 0 or perm not a permutation;
- *          MQ_ERR_SHAPE if k < 1, n < 0 or k % group_size != 0; MQ_ERR_NONFINITE if w or u's
+ *          finite and > 0, a zero point > 15, v[i][i] <= 0 or perm not a permutation;
+ *          MQ_ERR_SHAPE if k < 1, n < 0 or k % group_size != 0; MQ_ERR_NONFINITE if w or v's
  *          upper triangle holds NaN or Inf (all checked before anything is written);
- *          MQ_ERR_NOMEM if scratch memory fails (outputs then partial). */
-mq_status mq_gptq_int4(float *w, const float *u, const int64_t *perm, const uint16_t *scale,
+ *          MQ_ERR_NOMEM if scratch memory fails (qweight then partial). */
+mq_status mq_gptq_int4(const float *w, const float *v, const int64_t *perm, const uint16_t *scale,
                        const uint8_t *zero_point, int64_t n, int64_t k, int64_t group_size,
                        int64_t block_size, uint8_t *qweight, int num_threads);
 

