@@ -212,13 +212,13 @@ def test_layers_reading_the_same_input_share_one_hessian(monkeypatch):
 @pytest.mark.parametrize("sequential", [False, True])
 def test_sequential_mode_calibrates_on_the_quantized_layers_before(monkeypatch, sequential):
     hessians = {}
-    real = gptq_module.gptq_linear
+    real = gptq_module.prepare
 
-    def spy(name, linear, h, *args):
+    def spy(h, rows, cfg, name):
         hessians[name] = h
-        return real(name, linear, h, *args)
+        return real(h, rows, cfg, name)
 
-    monkeypatch.setattr("mono_quant.calib.gptq_model.gptq_linear", spy)
+    monkeypatch.setattr("mono_quant.calib.gptq_model.prepare", spy)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(D, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, D)).eval()
     data = calib()

@@ -81,29 +81,49 @@ def hessian_factor(h: torch.Tensor, order: torch.Tensor | None, damp: float, nam
     )
 
 
-def gptq_linear(
-    name: str, linear: nn.Linear, h: torch.Tensor, rows: int, holdout: Sequence[Chunk],
-    cfg: QuantizationConfig, measured_on: str,
-) -> tuple[QuantizedLinearInt4, LayerInfo]:
-    """Quantize ``linear`` (left unchanged) with GPTQ on its Hessian ``h`` (``rows`` tokens);
-    the record's SQNR is that of the layer's output on the ``holdout`` inputs.
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What the layers that share one Hessian share: the processing order (act-order), the
+    factor of the damped Hessian in that order, the dead inputs and the tokens counted."""
 
-    >>> q, record = gptq_linear("fc1", model.fc1, h, rows, inputs["fc1"].holdout, cfg, "a held-back batch")
+    perm: torch.Tensor | None
+    factor: Factor
+    dead_inputs: int
+    rows: int
+
+
+def prepare(h: torch.Tensor, rows: int, cfg: QuantizationConfig, name: str) -> Prepared:
+    """Order and factor the Hessian ``h`` of ``rows`` tokens (``name``: its first layer, for
+    errors). A dead input (``H_ii = 0``) gets 1 on the diagonal: decoupled from the others, its
+    column is rounded to nearest.
+
+    >>> prepared = prepare(h, rows, cfg, "encoder.layer.0.attention.self.query")
     """
-    g = cfg.group_size
-    w = linear.weight.detach().float()
-    q_free, scale, zp = K.int4_quantize(w, g, cfg.symmetric, cfg.scale_method)  # the static groups
     dead = torch.diagonal(h) == 0
-    if bool(dead.any()):  # a dead input gets 1 on the diagonal: decoupled, so rounded to nearest
+    if bool(dead.any()):
         h = h.clone()
         torch.diagonal(h)[dead] = 1.0
     perm = torch.argsort(torch.diagonal(h), descending=True, stable=True) if cfg.act_order else None
-    factor = hessian_factor(h, perm, cfg.damp, name)
-    qweight = K.gptq_int4(w if perm is None else w[:, perm], factor.v, perm, scale, zp, g)
+    return Prepared(perm, hessian_factor(h, perm, cfg.damp, name), int(dead.sum()), rows)
+
+
+def gptq_linear(
+    name: str, linear: nn.Linear, prepared: Prepared, holdout: Sequence[Chunk], cfg: QuantizationConfig,
+    measured_on: str,
+) -> tuple[QuantizedLinearInt4, LayerInfo]:
+    """Quantize ``linear`` (left unchanged) with GPTQ on its ``prepare``d Hessian; the record's
+    SQNR is that of the layer's output on the ``holdout`` inputs.
+
+    >>> q, record = gptq_linear("fc1", model.fc1, prepared, inputs["fc1"].holdout, cfg, "a held-back batch")
+    """
+    g, perm = cfg.group_size, prepared.perm
+    w = linear.weight.detach().float()
+    q_free, scale, zp = K.int4_quantize(w, g, cfg.symmetric, cfg.scale_method)  # the static groups
+    qweight = K.gptq_int4(w if perm is None else w[:, perm], prepared.factor.v, perm, scale, zp, g)
     layer = _module(linear, qweight, scale, zp, cfg)
     details = {
-        "method": "gptq", "act_order": cfg.act_order, "damp": factor.damp, "calibration_rows": rows,
-        "dead_inputs": int(dead.sum()),
+        "method": "gptq", "act_order": cfg.act_order, "damp": prepared.factor.damp,
+        "calibration_rows": prepared.rows, "dead_inputs": prepared.dead_inputs,
     }
     return layer, _record(name, linear, layer, cfg, details, (qweight, q_free, scale, zp), holdout, measured_on)
 

@@ -29,10 +29,10 @@ from ..schemes.int4 import Int4Scheme
 from ..selection import module_skip_reason, parameter_owners
 from ..validate import validate_after_quantization
 from .batches import CalibSet, collect_batches
-from .gptq import gptq_linear, hessian
+from .gptq import gptq_linear, hessian, prepare
 from .modules import Slots, parent_slots, put, swapped
 from .precision import apply_plan
-from .stages import Stage, capture_pass, shared_groups, trace_stages, windows
+from .stages import LayerInputs, Stage, capture_pass, shared_groups, trace_stages, windows
 
 # Inputs captured per pass (non-sequential): stages are grouped until their inputs reach this.
 CAPTURE_BUDGET_BYTES = 512 << 20
@@ -152,16 +152,19 @@ def _run_gptq(root: nn.Module, slots: Slots, candidates: Mapping[str, nn.Linear]
     return quantized
 
 
-def _quantize_stage(stage: Stage, inputs, candidates, cfg, where, quantized, records) -> None:
+def _quantize_stage(stage: Stage, inputs: dict[str, LayerInputs], candidates: Mapping[str, nn.Linear],
+                    cfg: QuantizationConfig, where: str, quantized: dict[str, nn.Module],
+                    records: dict[str, LayerInfo]) -> None:
     """GPTQ the layers of one stage, one Hessian at a time (layers that saw the same inputs
-    share one); each stage's captured inputs are dropped once it is done."""
+    share one; the previous Hessian is dropped before the next is built); the stage's captured
+    inputs are dropped once it is done."""
     for group in shared_groups(stage, inputs):
-        first = inputs[group[0]]
-        h, rows = hessian(first.chunks, candidates[group[0]].in_features)
+        h, rows = hessian(inputs[group[0]].chunks, candidates[group[0]].in_features)
+        prepared = prepare(h, rows, cfg, group[0])
+        del h
         for name in group:
             quantized[name], records[name] = gptq_linear(
-                name, candidates[name], h, rows, inputs[name].holdout, cfg, where)
-        del h
+                name, candidates[name], prepared, inputs[name].holdout, cfg, where)
     for name in stage.layers:
         inputs.pop(name, None)
 
