@@ -17,6 +17,7 @@ from mono_quant import dynamic_quantize, gptq_quantize, load_quantized, save_qua
 from mono_quant import _kernels as K
 from mono_quant.calib import gptq as gptq_module
 from mono_quant.calib.gptq import hessian_factor
+from mono_quant.cli import main as cli_main
 from mono_quant.nn import QuantizedLinear, QuantizedLinearInt4
 
 D, HIDDEN, TOKENS = 64, 128, 8
@@ -91,6 +92,7 @@ def test_gptq_beats_data_free_int4_on_unseen_inputs_and_is_the_int4_format(tmp_p
     loaded = load_quantized(path, make_block(seed=3))
     with torch.no_grad():
         assert torch.equal(loaded(test), q_model(test))
+    assert cli_main(["inspect", str(path)]) == 0 and cli_main(["validate", str(path)]) == 0
 
 
 def test_public_api():
