@@ -314,3 +314,20 @@ def test_minilm_gptq_keeps_the_embeddings_closer_than_data_free():
     cos = lambda m: float(torch.nn.functional.cosine_similarity(reference, embed(m, tokenizer, SENTENCES)).mean())  # noqa: E731
     assert cos(q_model) > cos(free) + 0.005
     assert sum(r.details.get("method") == "gptq" for r in info.layers.values()) == 37
+
+
+def test_calibration_runs_in_eval_mode_without_gradients_and_leaves_no_hooks():
+    """A model in training mode with Dropout: calibration must see the eval-mode forward (two
+    runs give the same nibbles), gradients are off, none of its hooks is left behind, and the
+    result keeps the original's training flags."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(D, HIDDEN), nn.Dropout(0.5), nn.ReLU(), nn.Linear(HIDDEN, D)).train()
+    seen = []
+    model[3].register_forward_pre_hook(lambda m, args: seen.append(torch.is_grad_enabled()))
+    a, _ = gptq_quantize(model, calib(), validate=False, **OPTS)
+    b, _ = gptq_quantize(model, calib(), validate=False, **OPTS)
+    assert torch.equal(a[3].qweight, b[3].qweight) and torch.equal(a[0].qweight, b[0].qweight)
+    assert a.training and a[1].training
+    assert seen and not any(seen)  # the hook came along with the copy: every forward ran under no_grad
+    for module in a.modules():
+        assert not module._forward_pre_hooks and not module._forward_hooks
