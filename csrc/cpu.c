@@ -117,3 +117,64 @@ mq_status mq_linear_set_isa(const char *name) {
   atomic_store(&linear_active, linear_find(name) + 1);
   return MQ_OK;
 }
+
+/* ---- GPTQ: inner-loop dispatch -------------------------------------------------------------
+ * The same arrangement for the GPTQ loops (gptq.h): every table computes the same bits, the
+ * wider ones faster; tests force each in turn with mq_gptq_set_isa. */
+#include "gptq.h"
+
+static const mq_gptq_kernels *const gptq_paths[] = {
+    &mq_gptq_kernels_portable,
+#if defined(__x86_64__)
+    &mq_gptq_kernels_avx2,
+    &mq_gptq_kernels_avx512,
+#endif
+};
+#define GPTQ_PATHS ((int)(sizeof gptq_paths / sizeof gptq_paths[0]))
+
+static unsigned gptq_path_needs(int index) {
+  static const unsigned needs[3] = {0u, MQ_CPU_AVX2, MQ_CPU_AVX2 | MQ_CPU_AVX512};
+  return needs[index];
+}
+
+static int gptq_best(void) {
+  const unsigned have = mq_cpu_detect();
+  int best = 0;
+  for (int i = 0; i < GPTQ_PATHS; i++)
+    if ((have & gptq_path_needs(i)) == gptq_path_needs(i)) best = i;
+  return best;
+}
+
+static atomic_int gptq_active = 0; /* index + 1 of the active table; 0 until first use */
+
+const mq_gptq_kernels *mq_gptq_active(void) {
+  int v = atomic_load(&gptq_active);
+  if (v == 0) {
+    v = gptq_best() + 1;
+    atomic_store(&gptq_active, v);
+  }
+  return gptq_paths[v - 1];
+}
+
+const char *mq_gptq_isa_name(void) { return mq_gptq_active()->name; }
+
+static int gptq_find(const char *name) {
+  for (int i = 0; i < GPTQ_PATHS; i++)
+    if (strcmp(gptq_paths[i]->name, name) == 0) return i;
+  return -1;
+}
+
+int mq_gptq_isa_supported(const char *name) {
+  const int i = gptq_find(name);
+  return i >= 0 && (mq_cpu_detect() & gptq_path_needs(i)) == gptq_path_needs(i);
+}
+
+mq_status mq_gptq_set_isa(const char *name) {
+  if (strcmp(name, "auto") == 0) {
+    atomic_store(&gptq_active, gptq_best() + 1);
+    return MQ_OK;
+  }
+  if (!mq_gptq_isa_supported(name)) return MQ_ERR_ARG;
+  atomic_store(&gptq_active, gptq_find(name) + 1);
+  return MQ_OK;
+}

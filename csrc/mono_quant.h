@@ -3,7 +3,7 @@
  *
  * Every kernel takes raw pointers to contiguous row-major data plus sizes, writes into
  * memory its caller allocated, and returns an mq_status (MQ_OK == 0).  No kernel allocates
- * in its hot loop, touches Python, aborts or exits.  The Python module (module.c) checks
+ * in its hot loop, touches Python, aborts or exits.  The Python module (module.c, py_*.c) checks
  * DLPack tensors, calls these, and turns each status into one Python exception.
  *
  * Layout convention: a tensor quantized per channel is viewed as [outer, channels, inner]
@@ -53,6 +53,7 @@ typedef enum {
   MQ_U8 = 4,
   MQ_I32 = 5,
   MQ_I64 = 6, /* histogram counts */
+  MQ_F64 = 7, /* the GPTQ Hessian */
   MQ_DTYPE_COUNT
 } mq_dtype;
 
@@ -229,6 +230,72 @@ mq_status mq_int4_pack(const uint8_t *nibbles, int64_t n, int64_t k, uint8_t *qw
  *  @return MQ_ERR_SHAPE if k is odd or a size is negative. */
 mq_status mq_int4_unpack(const uint8_t *qweight, int64_t n, int64_t k, uint8_t *nibbles,
                          int num_threads);
+/* ---- GPTQ (gptq.c) -----------------------------------------------------------------------
+ *
+ * GPTQ quantizes a Linear weight w [n, k] column by column and feeds each column's rounding
+ * error into the columns not yet quantized, weighted by the Hessian of the layer's inputs, so
+ * that x . w_hat stays close to x . w on calibration inputs x rather than w_hat close to w.
+ * The Hessian H = x^T x is accumulated here; damping, the permutation and the factorisation
+ * H + damp I = v v^T (v upper triangular: the Cholesky factor in reversed order, computed by
+ * the caller with torch.linalg) are the caller's; the column loop runs here.  With v the loop
+ * needs no inverse: it is GPTQ's update w_j -= e_i u[i][j] with u = v^-1 (H^-1 = u^T u), written
+ * as a running sum of the errors themselves.  The result is the canonical INT4 layout above. */
+
+/*! mq_gptq_hessian_add() :
+ *  h[i][j] += sum_r x[r][i] * x[r][j] for j >= i, over the rows r of x (F32, F16 or BF16,
+ *  [rows, k]) with mask[r] != 0 (mask uint8 [rows], or NULL: every row).  h is double [k, k];
+ *  only its upper triangle (j >= i) is read and written, so the caller symmetrises it once
+ *  after the last call.  Products of float32 values are exact in double; the counted rows are
+ *  summed in chunks of 256 in row order (one addition to h per chunk), so the result does not
+ *  depend on the thread count or the ISA.  *counted (if not NULL) = the rows counted.
+ *  @return MQ_ERR_NONFINITE if a counted row holds NaN or Inf (checked before h is touched),
+ *          MQ_ERR_SHAPE for rows < 0 or k < 1, MQ_ERR_NOMEM if scratch memory fails. */
+mq_status mq_gptq_hessian_add(const void *x, mq_dtype x_dtype, int64_t rows, int64_t k,
+                              const uint8_t *mask, double *h, int64_t *counted, int num_threads);
+
+/*! mq_gptq_int4() :
+ *  The GPTQ column loop with static groups.  Inputs, all row-major, none written:
+ *    w     float32 [n, k], the weight with its columns in processing order: column i of w is
+ *          column perm[i] of the layer.
+ *    v     float32 [k, k], upper triangular with v v^T = the damped Hessian in the same column
+ *          order (only j >= i is read; v[i][i] > 0).
+ *    perm  int64 [k], a permutation of 0..k-1 (act-order), or NULL for the identity.
+ *    scale (fp16 bits), zero_point: [n, k / group_size], the groups of the layer's own column
+ *          order (column c is in group c / group_size), fixed before the loop ("static
+ *          groups"), so groups stay contiguous in the stored layout whatever the order.
+ *  For i = 0..k-1 and every row r, in float32 (no fused multiply-add), c = perm[i], s and z
+ *  the scale (as float32) and zero point of row r's group of c, acc[r][*] starting at 0:
+ *      target = w[r][i] + acc[r][i] / v[i][i]      (the weight with the errors fed back)
+ *      level  = round_half_even(clamp(target / s, -z, 15 - z))
+ *      nibble(r, c) = level + z                    (written to qweight [n, k/2], c's place)
+ *      d = w[r][i] - level * s                     (the error of the stored, fp16-scaled value)
+ *      acc[r][j] = acc[r][j] + d * v[i][j]         for j = i+1 .. k-1
+ *  Columns are processed in blocks of block_size: inside a block each update is applied at
+ *  once; the rest of the row receives the block's updates after the block ("lazy batch"), one
+ *  column's update after the other in column order, so every element sees the same
+ *  operations in the same order as the unblocked loop: block_size changes the speed, never
+ *  the result.  Rows are independent (split across threads); results do not depend on the
+ *  thread count or the ISA.
+ *  @return MQ_ERR_ARG for a group size not in {32, 64, 128, 256}, block_size < 1, a scale not
+ *          finite and > 0, a zero point > 15, v[i][i] <= 0 or perm not a permutation;
+ *          MQ_ERR_SHAPE if k < 1, n < 0 or k % group_size != 0; MQ_ERR_NONFINITE if w or v's
+ *          upper triangle holds NaN or Inf (all checked before anything is written);
+ *          MQ_ERR_NOMEM if scratch memory fails (qweight then partial). */
+mq_status mq_gptq_int4(const float *w, const float *v, const int64_t *perm, const uint16_t *scale,
+                       const uint8_t *zero_point, int64_t n, int64_t k, int64_t group_size,
+                       int64_t block_size, uint8_t *qweight, int num_threads);
+
+/*! mq_gptq_isa_name() : the GPTQ inner loops in use: "portable", "avx2" or "avx512". */
+const char *mq_gptq_isa_name(void);
+
+/*! mq_gptq_isa_supported() : 1 if GPTQ table `name` can run here (and SIMD is not disabled by
+ *  MONO_QUANT_DISABLE_SIMD), else 0. */
+int mq_gptq_isa_supported(const char *name);
+
+/*! mq_gptq_set_isa() : test hook, as mq_linear_set_isa, for the GPTQ tables ("auto" = best).
+ *  @return MQ_ERR_ARG for an unknown name or a table this CPU cannot run. */
+mq_status mq_gptq_set_isa(const char *name);
+
 /* ---- LINEAR: quantized Linear forward (linear_portable.c, linear_avx2.c, linear_avx512.c) -
  *
  * y[m][n] = sum_k x[m][k] * w[n][k] + bias[n], with w an INT8 (per output channel) or INT4

@@ -22,12 +22,12 @@ const char *mq_status_name(mq_status status) {
 const char *mq_dtype_name(mq_dtype dtype) {
   static const char *const names[MQ_DTYPE_COUNT] = {"float32", "float16", "bfloat16",
                                                      "int8",    "uint8",   "int32",
-                                                     "int64"};
+                                                     "int64",   "float64"};
   return (unsigned)dtype < MQ_DTYPE_COUNT ? names[dtype] : "unknown";
 }
 
 size_t mq_dtype_size(mq_dtype dtype) {
-  static const size_t sizes[MQ_DTYPE_COUNT] = {4, 2, 2, 1, 1, 4, 8};
+  static const size_t sizes[MQ_DTYPE_COUNT] = {4, 2, 2, 1, 1, 4, 8, 8};
   return (unsigned)dtype < MQ_DTYPE_COUNT ? sizes[dtype] : 0;
 }
 
@@ -55,6 +55,7 @@ static int dtype_from_dl(DLDataType t, mq_dtype *out) {
   else if (t.code == kDLUInt && t.bits == 8) *out = MQ_U8;
   else if (t.code == kDLInt && t.bits == 32) *out = MQ_I32;
   else if (t.code == kDLInt && t.bits == 64) *out = MQ_I64;
+  else if (t.code == kDLFloat && t.bits == 64) *out = MQ_F64;
   else return 0;
   return 1;
 }

@@ -7,6 +7,7 @@ transformers models: ``mono_quant.integrations.transformers`` (save_pretrained /
 """
 
 from . import nn
+from .calib import LayerChoice, PrecisionPlan, gptq_quantize
 from .calibration import CalibrationStats, LayerRange, calibrate
 from .config import QuantizationConfig
 from .errors import CorruptFileError, PartialConversionError, ValidationError
@@ -34,6 +35,7 @@ __all__ = [
     # quantize a model
     "dynamic_quantize",
     "static_quantize",
+    "gptq_quantize",
     "calibrate",
     "QuantizationConfig",
     # what happened
@@ -41,6 +43,8 @@ __all__ = [
     "LayerInfo",
     "CalibrationStats",
     "LayerRange",
+    "PrecisionPlan",
+    "LayerChoice",
     # files and checks
     "save_quantized",
     "load_quantized",

@@ -676,3 +676,113 @@ def _linear_bias(bias: torch.Tensor):
     if bias.dtype not in C_FLOAT_DTYPES:
         bias = bias.float()
     return _capsule(bias.detach().contiguous())
+
+
+# ---------------------------------------------------------------------------------------------
+# GPTQ: the Hessian of a layer's inputs and the column loop (csrc/gptq.c, twin in _reference).
+# ---------------------------------------------------------------------------------------------
+
+GPTQ_BLOCK_SIZE = 128  # columns per lazy batch: changes the speed of gptq_int4, never its result
+
+
+def gptq_hessian_add(x: torch.Tensor, mask: torch.Tensor | None, h: torch.Tensor) -> int:
+    """Add ``x^T x`` over the rows of ``x [rows, k]`` whose ``mask`` is non-zero (every row when
+    ``mask`` is None) to the upper triangle (``j >= i``) of ``h``, a contiguous float64
+    ``[k, k]`` tensor, in place; returns the rows counted. Call ``hessian_symmetric(h)`` after
+    the last batch. Products are exact in float64; the C kernel's sums do not depend on the
+    thread count.
+
+    >>> h = torch.zeros(64, 64, dtype=torch.float64)
+    >>> gptq_hessian_add(torch.randn(10, 64), None, h)
+    10
+    """
+    if x.dim() != 2 or x.shape[1] < 1 or not x.is_floating_point():
+        raise ValueError(f"x must be a 2-D floating-point tensor [rows, k] with k >= 1; "
+                         f"got {x.dtype} with shape {tuple(x.shape)}")
+    k = x.shape[1]
+    if h.dtype != torch.float64 or tuple(h.shape) != (k, k) or not h.is_contiguous():
+        raise ValueError(f"h must be a contiguous float64 tensor of shape [{k}, {k}]; got {h.dtype} "
+                         f"with shape {tuple(h.shape)}")
+    if mask is not None and (mask.dim() != 1 or mask.shape[0] != x.shape[0]):
+        raise ValueError(f"mask must hold one value per row of x ({x.shape[0]}); got shape {tuple(mask.shape)}")
+    x = x.detach()
+    if x.dtype == torch.float64 or not (_use_c(x) and h.device.type == "cpu"
+                                        and (mask is None or mask.device.type == "cpu")):
+        return ref.gptq_hessian_add(x, mask, h)
+    mask_capsule = None if mask is None else _dl(mask.to(torch.uint8))
+    return int(_C.gptq_hessian_add(_dl(x), mask_capsule, _capsule(h), num_threads()))
+
+
+def hessian_symmetric(h: torch.Tensor) -> torch.Tensor:
+    """The full symmetric matrix of an upper triangle accumulated by ``gptq_hessian_add`` into
+    a tensor that started as zeros (its lower triangle is still zero)."""
+    return h + torch.triu(h, 1).T
+
+
+def gptq_int4(
+    w: torch.Tensor,
+    v: torch.Tensor,
+    perm: torch.Tensor | None,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    group_size: int,
+    block_size: int = GPTQ_BLOCK_SIZE,
+) -> torch.Tensor:
+    """The GPTQ column loop: quantize ``w [n, k]`` (float, columns in processing order:
+    column ``i`` is the layer's column ``perm[i]``) to INT4, feeding each column's rounding error
+    into the later ones through ``v``, the upper triangular factor with ``v @ v.T`` = the damped
+    Hessian in the same order, using the static groups ``scale`` (float16) / ``zero_point``
+    (uint8) ``[n, k // group_size]`` of the layer's own column order. Returns ``qweight`` uint8
+    ``[n, k // 2]`` in the layer's order, the canonical INT4 layout; nothing passed in is
+    modified. See ``mq_gptq_int4`` in ``csrc/mono_quant.h`` for the exact arithmetic (the torch
+    twin gives the same bits).
+
+    >>> _, scale, zp = int4_quantize(weight, 128, symmetric=False)
+    >>> qweight = gptq_int4(weight, v, None, scale, zp, 128)
+    """
+    check_int4_group_size(group_size)
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be an integer >= 1; got {block_size!r}")
+    if w.dim() != 2 or not w.is_floating_point():
+        raise ValueError(f"w must be a 2-D floating-point weight [out_features, in_features]; "
+                         f"got {w.dtype} with shape {tuple(w.shape)}")
+    n, k = w.shape
+    check_int4_divisible(k, group_size)
+    want = {"v": ((k, k), None), "scale": ((n, k // group_size), torch.float16),
+            "zero_point": ((n, k // group_size), torch.uint8)}
+    for name, t in (("v", v), ("scale", scale), ("zero_point", zero_point)):
+        shape, dtype = want[name]
+        if tuple(t.shape) != shape or (dtype is not None and t.dtype != dtype):
+            raise ValueError(f"{name} must have shape {list(shape)}{'' if dtype is None else f' and dtype {dtype}'}; "
+                             f"got {t.dtype} with shape {list(t.shape)}")
+    if perm is not None and (perm.shape != (k,) or perm.dtype not in (torch.int64, torch.int32)):
+        raise ValueError(f"perm must be an integer tensor of shape [{k}]; got {perm.dtype} with shape {tuple(perm.shape)}")
+    w, v = w.detach(), v.detach()
+    tensors = (w, v, scale, zero_point) + (() if perm is None else (perm,))
+    if not (_use_c(w) and all(t.device.type == "cpu" for t in tensors)):
+        return ref.gptq_int4(w, v, perm, scale, zero_point, group_size)
+    qweight = torch.empty(n, k // 2, dtype=torch.uint8)
+    _C.gptq_int4(_dl(w.float()), _dl(v.float()), None if perm is None else _dl(perm.to(torch.int64)),
+                 _dl(scale), _dl(zero_point), group_size, block_size, _capsule(qweight), num_threads())
+    return qweight
+
+
+def gptq_isas() -> list[str]:
+    """The GPTQ inner-loop tables this CPU can run, best last (``[]`` without the C build)."""
+    return [] if _C is None else list(_C.gptq_isas())
+
+
+@contextlib.contextmanager
+def use_gptq_isa(name: str) -> Iterator[None]:
+    """Test hook: force one GPTQ inner-loop table inside a ``with`` block (process-wide).
+
+    >>> with use_gptq_isa("portable"):
+    ...     qweight = gptq_int4(w, v, None, scale, zp, 128)
+    """
+    if _C is None:
+        raise RuntimeError(f"the C extension mono_quant._C is not built ({_C_IMPORT_ERROR})")
+    before = _C.set_gptq_isa(name)
+    try:
+        yield
+    finally:
+        _C.set_gptq_isa(before)

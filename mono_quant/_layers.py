@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -79,3 +80,25 @@ def state_kind(prefix: str, tensors: Mapping[str, torch.Tensor]) -> str:
     if weight.dim() == 4:
         return "Conv2d-like"
     return f"{weight.dim()}-D weight"
+
+
+def int8_bits_per_weight(shape: tuple[int, ...], per_channel: bool) -> float:
+    """Stored bits per weight of an INT8 weight: 8 per value plus a float32 scale and an int32
+    zero point per output channel (or per tensor). The bias is not counted.
+
+    >>> int8_bits_per_weight((1536, 384), per_channel=True)
+    8.166666666666666
+    """
+    numel = math.prod(shape)
+    channels = shape[0] if per_channel and shape else 1
+    return 8.0 + 64.0 * channels / numel if numel else 0.0
+
+
+def int4_bits_per_weight(group_size: int) -> float:
+    """Stored bits per weight of an INT4 weight: 4 per value plus an fp16 scale and a uint8
+    zero point per group of ``group_size``.
+
+    >>> int4_bits_per_weight(128)
+    4.1875
+    """
+    return 4.0 + 24.0 / group_size

@@ -650,3 +650,73 @@ def linear_error_scale(x2: torch.Tensor, packed: torch.Tensor, n: int, k: int,
     if bias is not None:
         a = a + bias.float().abs()
     return a
+
+
+# ---------------------------------------------------------------------------------------------
+# GPTQ (twin of csrc/gptq.c; contracts in csrc/mono_quant.h). The Hessian is the same sum in
+# another order (float64, so it agrees to ~1e-15 relative); the column loop is the same float32
+# operations in the same order, so it agrees bit for bit. The loop here is the unblocked one:
+# the C kernel's lazy batches apply the same updates in the same order, only faster.
+# ---------------------------------------------------------------------------------------------
+
+GPTQ_GROUP_SIZES = (32, 64, 128, 256)
+
+
+def gptq_hessian_add(x2: torch.Tensor, mask: torch.Tensor | None, h: torch.Tensor) -> int:
+    """``h[i, j] += sum_r x2[r, i] * x2[r, j]`` for ``j >= i`` over the rows with a non-zero
+    ``mask`` (all rows when None), in float64; ``h``'s lower triangle is left as it is.
+    Returns the rows counted."""
+    rows = x2 if mask is None else x2[mask.to(torch.bool)]
+    check_finite(rows, "x")
+    xd = rows.to(torch.float64)
+    h.add_(torch.triu(xd.T @ xd))
+    return int(rows.shape[0])
+
+
+def gptq_int4(w: torch.Tensor, v: torch.Tensor, perm: torch.Tensor | None, scale: torch.Tensor,
+              zero_point: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The GPTQ column loop of ``mq_gptq_int4``: ``w [n, k]`` float32 in processing order
+    (column ``i`` is the layer's column ``perm[i]``), ``v`` upper triangular with ``v v^T`` the
+    damped Hessian in that order, static groups ``scale`` / ``zero_point`` ``[n, k // group_size]``
+    in the layer's order. Returns ``qweight`` uint8 ``[n, k // 2]`` in the layer's column order."""
+    n, k = w.shape
+    _gptq_check(w, v, perm, scale, zero_point, k)
+    order = torch.arange(k, device=w.device) if perm is None else perm.to(w.device)
+    w = w.float()
+    v = v.float()
+    s = scale.float()[:, order // group_size]  # [n, k] in processing order
+    z = zero_point.float()[:, order // group_size]
+    acc = torch.zeros_like(w)
+    nibbles = torch.empty(n, k, dtype=torch.uint8, device=w.device)
+    for i in range(k):
+        target = w[:, i] + acc[:, i] / v[i, i]
+        level = torch.round(torch.clamp(target / s[:, i], -z[:, i], 15.0 - z[:, i]))
+        nibbles[:, i] = (level + z[:, i]).to(torch.uint8)
+        err = w[:, i] - level * s[:, i]
+        if i + 1 < k:
+            acc[:, i + 1:] += err[:, None] * v[i, i + 1:]
+    out = torch.empty_like(nibbles)
+    out[:, order] = nibbles
+    return int4_pack(out)
+
+
+def _gptq_check(w: torch.Tensor, v: torch.Tensor, perm: torch.Tensor | None, scale: torch.Tensor,
+                zero_point: torch.Tensor, k: int) -> None:
+    """The value checks of ``mq_gptq_int4``, with its error messages."""
+    s = scale.float()
+    upper = torch.triu(v.float())
+    if not bool((torch.isfinite(s) & (s > 0)).all()) or bool((zero_point > 15).any()):
+        raise ValueError(_GPTQ_ARG_MESSAGE)
+    if not bool(torch.isfinite(w).all()) or not bool(torch.isfinite(upper).all()):
+        raise ValueError("gptq_int4: NaN or Inf in the layer's inputs, weight or Hessian factor; "
+                         "GPTQ needs finite values (check the calibration data and the model's activations)")
+    if not bool((torch.diagonal(upper) > 0).all()):
+        raise ValueError(_GPTQ_ARG_MESSAGE)
+    if perm is not None and not torch.equal(torch.sort(perm.to(torch.int64)).values,
+                                            torch.arange(k, device=perm.device)):
+        raise ValueError(_GPTQ_ARG_MESSAGE)
+
+
+_GPTQ_ARG_MESSAGE = ("gptq_int4: an argument is out of range (group_size one of 32, 64, 128, 256; "
+                     "block_size >= 1; scales finite and > 0; zero points 0..15; v[i][i] > 0; "
+                     "perm a permutation of 0..k-1)")

@@ -47,7 +47,11 @@ class QuantizationConfig:
 
     dtype:                  "int8", "int4" or "fp16" (aliases: "float16", torch.qint8,
                             torch.int8, torch.float16, torch.quint4x2).
-    symmetric:              symmetric (int8, zero point 0) or asymmetric (uint8 + zero point).
+    symmetric:              symmetric (int8, zero point 0) or asymmetric (uint8 + zero point;
+                            int4: a zero point per group). None (default): the format's own
+                            default, symmetric for int8 and asymmetric for int4 (on MiniLM-L6
+                            asymmetric int4 keeps +0.007 embedding cosine at every group size
+                            for the same bytes; docs/int4.md).
     per_channel:            one scale per output channel (True) or one per tensor (False).
     group_size:             int4 group size along the input dimension: 32, 64, 128 or 256.
     scale_method:           how int4 picks each group's scale: "mse" (default: also tries three
@@ -86,13 +90,26 @@ class QuantizationConfig:
     activation_symmetric:   quantize layer inputs as int8 with zero point 0 (True) or as
                             uint8 with a calibrated zero point (False).
 
+    GPTQ and mixed precision only (``gptq_quantize``; ``num_samples`` calibration rows too):
+    damp:                   added to the Hessian's diagonal, as a fraction of its mean (0.01);
+                            retried x10 (up to 4 times) when the factorisation fails.
+    act_order:              quantize columns by decreasing Hessian diagonal (most active inputs
+                            first); groups stay the layer's own ("static groups").
+    sequential:             calibrate each layer on the outputs of the layers before it already
+                            quantized (True) or of the float model (False: one pass).
+    max_bits_per_weight:    a budget in stored bits per weight (scales and zero points counted):
+                            the layers whose INT4 version hurts the model output most per bit
+                            saved are kept in INT8 until the budget is spent. None: all INT4.
+    sensitivity_samples:    calibration rows used to measure each layer's sensitivity (model
+                            output error with that layer alone quantized), at least 1.
+
     >>> cfg = QuantizationConfig(dtype=torch.qint8, skip_names=["lm_head"])
     >>> cfg.dtype, cfg.skip_names
     ('int8', ('lm_head',))
     """
 
     dtype: str = "int8"
-    symmetric: bool = True
+    symmetric: bool | None = None
     per_channel: bool = True
     group_size: int = 128
     scale_method: str = "mse"
@@ -113,10 +130,21 @@ class QuantizationConfig:
     percentile: float = 99.99
     momentum: float = 0.1
     activation_symmetric: bool = False
+    # ---- GPTQ and mixed precision (gptq_quantize) ----
+    damp: float = 0.01
+    act_order: bool = True
+    sequential: bool = False
+    max_bits_per_weight: float | None = None
+    sensitivity_samples: int = 32
 
     def __post_init__(self) -> None:
         _set = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
         _set("dtype", normalize_dtype(self.dtype))
+        # None = the format's default; remembered, so that changing dtype later (from_sources)
+        # picks the new format's default instead of the old one's
+        object.__setattr__(self, "_symmetric_given", self.symmetric is not None)
+        if self.symmetric is None:
+            _set("symmetric", default_symmetric(self.dtype))
         for name in ("symmetric", "per_channel", "compute_sqnr", "validate"):
             _check_bool(name, getattr(self, name))
         _check_choice("on_failure", self.on_failure, ON_FAILURE)
@@ -131,6 +159,7 @@ class QuantizationConfig:
         _set("filter_fn", normalize_filter_fn(self.filter_fn))
         _set("layer_config", normalize_layer_config(self))
         _check_static_options(self, _set)
+        _check_gptq_options(self, _set)
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
@@ -165,7 +194,18 @@ class QuantizationConfig:
                 f"valid options: {', '.join(cls.option_names())}"
             )
         base = cls._base(config)
+        if overrides and "symmetric" not in overrides and not base.symmetric_given:
+            overrides["symmetric"] = None  # the default of the (possibly new) dtype
         return dataclasses.replace(base, **overrides) if overrides else base
+
+    @property
+    def symmetric_given(self) -> bool:
+        """False when ``symmetric`` is the dtype's default (it was not set anywhere).
+
+        >>> QuantizationConfig(dtype="int4").symmetric, QuantizationConfig(dtype="int4").symmetric_given
+        (False, False)
+        """
+        return bool(getattr(self, "_symmetric_given", True))
 
     @classmethod
     def _base(cls, config: Any) -> QuantizationConfig:
@@ -206,6 +246,16 @@ def valid_dtypes() -> tuple[str, ...]:
     from .schemes.registry import scheme_names  # late: the schemes import this module
 
     return DTYPES + tuple(name for name in scheme_names() if name not in DTYPES)
+
+
+def default_symmetric(dtype: str) -> bool:
+    """The ``symmetric`` a dtype gets when none is given: False for int4 (asymmetric groups keep
+    more accuracy for the same bytes), True otherwise.
+
+    >>> default_symmetric("int4"), default_symmetric("int8")
+    (False, True)
+    """
+    return dtype != "int4"
 
 
 def normalize_dtype(dtype: Any) -> str:
@@ -290,3 +340,25 @@ def _check_static_options(config: QuantizationConfig, set_field) -> None:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+# ---- GPTQ and mixed precision options -----------------------------------------------------------
+
+
+def _check_gptq_options(config: QuantizationConfig, set_field) -> None:
+    """Validate the gptq_quantize fields (numbers become floats)."""
+    for name in ("act_order", "sequential"):
+        _check_bool(name, getattr(config, name))
+    if not _is_number(config.damp) or not 0.0 <= config.damp <= 1.0:
+        raise ValueError(f"damp must be a number from 0 to 1 (a fraction of the Hessian's mean diagonal, "
+                         f"e.g. 0.01); got {config.damp!r}")
+    set_field("damp", float(config.damp))
+    budget = config.max_bits_per_weight
+    if budget is not None:
+        if not _is_number(budget) or not 1.0 <= budget <= 32.0 or budget == float("inf"):
+            raise ValueError(f"max_bits_per_weight must be None or a number of bits from 1 to 32 "
+                             f"(e.g. 4.6); got {budget!r}")
+        set_field("max_bits_per_weight", float(budget))
+    samples = config.sensitivity_samples
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"sensitivity_samples must be an integer >= 1; got {samples!r}")

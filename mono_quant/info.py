@@ -93,6 +93,7 @@ class QuantizationInfo(ReportDisplay):
     warnings: list[str] = field(default_factory=list)
     config: Any = None
     validation: Any = None  # the ValidationReport of the end-of-run checks, when they ran
+    precision_plan: Any = None  # gptq_quantize with max_bits_per_weight: the mixed precision plan
 
     def add(self, layer: LayerInfo) -> None:
         """Record ``layer``: list it as skipped or warn when its accuracy is low.
@@ -132,6 +133,27 @@ class QuantizationInfo(ReportDisplay):
         return sum(layer.bytes_after for layer in self.layers.values())
 
     @property
+    def bits_per_weight(self) -> float | None:
+        """Average stored bits per weight over the quantized layers, weighted by their weight
+        counts: the weight values with their scales and zero points (not the bias), each layer
+        counted as what it was stored as (an INT4 run's INT8 fallbacks at ~8 bits). A layer
+        whose record has no ``details["bits_per_weight"]`` counts all it stores. None when no
+        layer was quantized.
+
+        >>> round(dynamic_quantize(model, "int4", group_size=128)[1].bits_per_weight, 4)
+        4.1875
+        """
+        bits = weights = 0.0
+        for layer in self.layers.values():
+            numel = math.prod(layer.shape)
+            if not layer.quantized or numel == 0:
+                continue
+            per_weight = layer.details.get("bits_per_weight")
+            bits += (8.0 * layer.bytes_after if per_weight is None else per_weight * numel)
+            weights += numel
+        return bits / weights if weights else None
+
+    @property
     def compression_ratio(self) -> float:
         """``total_bytes_before / total_bytes_after`` (1.0 when nothing was counted)."""
         after = self.total_bytes_after
@@ -143,14 +165,18 @@ class QuantizationInfo(ReportDisplay):
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
+        bits = self.bits_per_weight
         lines.append(
             f"Total: {format_bytes(self.total_bytes_before)} -> {format_bytes(self.total_bytes_after)}"
             f" ({self.compression_ratio:.2f}x), {len(self.quantized)} of {len(self.layers)} layers quantized"
+            + ("" if bits is None else f", {bits:.2f} bits per weight (scales and zero points included)")
         )
         fallbacks = self.fallbacks
         if fallbacks:
             lines.append(f"Fallbacks ({len(fallbacks)}):")
             lines.extend(f"  - {name or '(root)'}: {reason}" for name, reason in fallbacks.items())
+        if self.precision_plan is not None:
+            lines.append(str(self.precision_plan))
         if self.warnings:
             lines.append(f"Warnings ({len(self.warnings)}):")
             lines.extend(f"  - {warning}" for warning in self.warnings)

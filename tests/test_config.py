@@ -176,3 +176,48 @@ def test_dynamic_quantize_uses_the_priority(tmp_path):
     assert "0" in dynamic_quantize(model, min_params=1000)[1].skipped
     half, _ = dynamic_quantize(model, torch.float16, config={"min_params": 0})
     assert half[0].weight.dtype == torch.float16
+
+
+# ---- symmetric: each format's own default; GPTQ and mixed precision options ----------------------
+
+def test_symmetric_defaults_to_the_formats_own_choice():
+    assert QuantizationConfig().symmetric is True and QuantizationConfig(dtype="int4").symmetric is False
+    assert not QuantizationConfig(dtype="int4").symmetric_given
+    assert QuantizationConfig(dtype="int4", symmetric=True).symmetric is True
+    # a dtype given later (keyword over a config / file) picks its own default, unless symmetric was set
+    assert QuantizationConfig.from_sources({"min_params": 0}, dtype="int4").symmetric is False
+    assert QuantizationConfig.from_sources(QuantizationConfig(dtype="int4"), dtype="int8").symmetric is True
+    assert QuantizationConfig.from_sources({"symmetric": True}, dtype="int4").symmetric is True
+    assert QuantizationConfig.from_sources({"dtype": "int4"}, symmetric=True).symmetric_given
+
+
+def test_gptq_option_defaults_and_file_keys(tmp_path):
+    cfg = QuantizationConfig()
+    assert (cfg.damp, cfg.act_order, cfg.sequential, cfg.max_bits_per_weight, cfg.sensitivity_samples) == (
+        0.01, True, False, None, 32)
+    (tmp_path / "mono_quant.toml").write_text(
+        'dtype = "int4"\ndamp = 0.1\nact-order = false\nsequential = true\nmax_bits_per_weight = 4.6\n'
+        "sensitivity_samples = 8\n")
+    cfg = QuantizationConfig.from_sources(tmp_path / "mono_quant.toml")
+    assert (cfg.damp, cfg.act_order, cfg.sequential, cfg.max_bits_per_weight, cfg.sensitivity_samples) == (
+        0.1, False, True, 4.6, 8)
+    assert isinstance(QuantizationConfig(damp=0, max_bits_per_weight=5).damp, float)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"damp": -0.1}, "damp must be a number from 0 to 1"),
+        ({"damp": float("nan")}, "damp must be a number from 0 to 1"),
+        ({"damp": True}, "damp must be a number from 0 to 1"),
+        ({"act_order": "yes"}, "act_order must be True or False; got 'yes'"),
+        ({"sequential": 1}, "sequential must be True or False; got 1"),
+        ({"max_bits_per_weight": 0.5}, "max_bits_per_weight must be None or a number of bits from 1 to 32"),
+        ({"max_bits_per_weight": float("inf")}, "max_bits_per_weight must be None or a number of bits"),
+        ({"max_bits_per_weight": "4.6"}, "max_bits_per_weight must be None or a number of bits"),
+        ({"sensitivity_samples": 0}, "sensitivity_samples must be an integer >= 1; got 0"),
+    ],
+)
+def test_gptq_options_are_validated(options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        QuantizationConfig(**options)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from torch import nn
 
 from mono_quant import LayerInfo, QuantizationInfo, dynamic_quantize
 from mono_quant.info import ACCURACY_LEVELS, accuracy_level, format_bytes
@@ -91,3 +92,36 @@ def test_format_bytes():
     assert [format_bytes(n) for n in (0, 1023, 1536, 5 * 2**20, 3 * 2**30)] == [
         "0 B", "1023 B", "1.5 KiB", "5.0 MiB", "3.0 GiB"
     ]
+
+
+# ---- honest bits per weight ---------------------------------------------------------------------
+
+def test_bits_per_weight_counts_scales_zero_points_and_fallbacks_as_stored():
+    model = nn.Sequential(nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 96), nn.Linear(96, 64))
+    _, info = dynamic_quantize(model, "int4", group_size=128, min_params=0)
+    # 256 and 128 inputs: INT4 g128; 96 inputs: INT8 per channel (a float32 scale and an int32 zero point per row)
+    weights = {"0": 256 * 128, "2": 128 * 96, "3": 96 * 64}
+    bits = {"0": 4 + 24 / 128, "2": 4 + 24 / 128, "3": 8 + 64 / 96}
+    assert {n: info.layers[n].details["bits_per_weight"] for n in weights} == pytest.approx(bits)
+    expected = sum(bits[n] * weights[n] for n in weights) / sum(weights.values())
+    assert info.bits_per_weight == pytest.approx(expected)
+    assert f"{expected:.2f} bits per weight (scales and zero points included)" in str(info)
+    assert not any("does not divide" in w for w in info.warnings)  # one of three fell back: not most
+    _, int8 = dynamic_quantize(model, "int8", min_params=0, per_channel=False)
+    assert int8.bits_per_weight == pytest.approx(
+        sum((8 + 64 / weights[n]) * weights[n] for n in weights) / sum(weights.values()))
+    assert QuantizationInfo().bits_per_weight is None
+
+
+def test_a_group_size_that_makes_most_layers_fall_back_is_a_warning():
+    """MiniLM's shape: 384- and 1536-wide inputs, so group_size=256 stores nearly all as INT8."""
+    model = nn.Sequential(nn.Linear(384, 1536), nn.ReLU(), nn.Linear(1536, 384), nn.Linear(384, 384))
+    _, info = dynamic_quantize(model, "int4", group_size=256, validate=False)
+    assert info.bits_per_weight > 6
+    assert info.warnings == [
+        f"group_size=256 does not divide the in_features of 2 of 3 Linear layers (384 wide): they were stored "
+        f"as INT8, so the model stores {info.bits_per_weight:.2f} bits per weight instead of about 4.09; "
+        "use group_size=128 (divides the in_features of every one of them)"
+    ]
+    _, info = dynamic_quantize(model, "int4", group_size=128, validate=False)
+    assert info.bits_per_weight == pytest.approx(4 + 24 / 128) and not info.warnings

@@ -61,14 +61,15 @@ def test_mlp_every_group_size(backend, group_size):
     qmodel, info = dynamic_quantize(model, "int4", group_size=group_size)
     for index, (k, n) in ((0, (256, 512)), (3, (512, 64))):
         layer = qmodel[index]
-        assert type(layer) is QuantizedLinearInt4 and (layer.group_size, layer.symmetric) == (group_size, True)
+        # the defaults: asymmetric (a zero point per group), mse scales
+        assert type(layer) is QuantizedLinearInt4 and (layer.group_size, layer.symmetric) == (group_size, False)
         assert layer.qweight.shape == (n, k // 2) and layer.scale.shape == (n, k // group_size)
-        expected = K.int4_quantize(model[index].weight, group_size, True, "mse")  # the config default
+        expected = K.int4_quantize(model[index].weight, group_size, False, "mse")
         assert all(torch.equal(a, b) for a, b in zip((layer.qweight, layer.scale, layer.zero_point), expected))
         record = info.layers[str(index)]
-        assert (record.scheme, record.dtype, record.shape) == (f"int4 g{group_size} symmetric mse", "int4", (n, k))
-        assert record.details == {"group_size": group_size, "symmetric": True, "scale_method": "mse",
-                                  "weight_dtype": "float32", "bias": True}
+        assert (record.scheme, record.dtype, record.shape) == (f"int4 g{group_size} asymmetric mse", "int4", (n, k))
+        assert record.details == {"group_size": group_size, "symmetric": False, "scale_method": "mse",
+                                  "weight_dtype": "float32", "bias": True, "bits_per_weight": 4 + 24 / group_size}
         assert record.bytes_after == layer.storage_bytes()
         assert record.sqnr_db == K.sqnr(model[index].weight, layer.dequantized_weight())
     assert type(qmodel[2]) is nn.LayerNorm and info.skipped.keys() == {"2"}
@@ -81,8 +82,11 @@ def test_asymmetric(backend):
     model = gaussian(make_mlp()).eval()
     with torch.no_grad():
         model[0].weight.add_(0.5)  # off-centre weights: where zero points pay off
-    sym_model, sym = dynamic_quantize(model, "int4", group_size=64)
+    sym_model, sym = dynamic_quantize(model, "int4", group_size=64, symmetric=True)
     qmodel, info = dynamic_quantize(model, "int4", group_size=64, symmetric=False)
+    default, _ = dynamic_quantize(model, "int4", group_size=64)
+    assert default[0].symmetric is False and torch.equal(default[0].qweight, qmodel[0].qweight)
+    assert sym_model[0].symmetric and bool((sym_model[0].zero_point == 8).all())
     layer = qmodel[0]
     assert layer.symmetric is False and not bool((layer.zero_point == 8).all())
     assert int(layer.zero_point.max()) <= 15
@@ -98,15 +102,15 @@ def test_asymmetric(backend):
 def test_scale_method_reaches_the_kernel(scale_method):
     model = gaussian(make_mlp())
     qmodel, info = dynamic_quantize(model, "int4", scale_method=scale_method)
-    assert torch.equal(qmodel[0].scale, K.int4_quantize(model[0].weight, 128, True, scale_method)[1])
+    assert torch.equal(qmodel[0].scale, K.int4_quantize(model[0].weight, 128, False, scale_method)[1])
     assert info.layers["0"].details["scale_method"] == scale_method
-    assert info.layers["0"].scheme == f"int4 g128 symmetric {scale_method}"
+    assert info.layers["0"].scheme == f"int4 g128 asymmetric {scale_method}"
 
 
 def test_mse_beats_absmax_and_is_the_default():
     model = gaussian(make_mlp())
-    _, default = dynamic_quantize(model, "int4")
-    _, absmax = dynamic_quantize(model, "int4", scale_method="absmax")
+    _, default = dynamic_quantize(model, "int4", symmetric=True)
+    _, absmax = dynamic_quantize(model, "int4", symmetric=True, scale_method="absmax")
     for name in ("0", "3"):
         assert default.layers[name].details["scale_method"] == "mse"
         assert default.layers[name].sqnr_db > absmax.layers[name].sqnr_db + 0.8  # ~ +1.2 dB at g128
@@ -176,7 +180,12 @@ def test_non_divisible_in_features_fall_back_to_int8_per_channel(backend):
         "use group_size=32 (divides 96) or quantize this layer as INT8"
     )
     assert info.fallbacks == {"2": info.layers["2"].details["fallback"], "3": info.layers["3"].details["fallback"]}
-    assert not info.skipped and not info.warnings
+    assert not info.skipped
+    assert info.warnings == [  # two of three: the run stores far more than INT4's ~4.19 bits per weight
+        f"group_size=128 does not divide the in_features of 2 of 3 Linear layers (96, 100 wide): they were "
+        f"stored as INT8, so the model stores {info.bits_per_weight:.2f} bits per weight instead of about 4.19; "
+        "use group_size=32 (divides the in_features of 2 of 3)"
+    ]
     text = str(info)
     assert "int8 per-channel symmetric (int4 fallback)" in text
     assert "Fallbacks (2):\n  - 2: in_features (100) is not a multiple of group_size (128)" in text
@@ -389,14 +398,14 @@ def test_state_dict_conv_and_skip_rules():
 
 def test_warnings_name_a_smaller_group_and_int8():
     model = gaussian(nn.Sequential(nn.Linear(256, 128), nn.Linear(128, 128), nn.Linear(128, 64)))
-    _, info = dynamic_quantize(model, "int4")
+    _, info = dynamic_quantize(model, "int4", symmetric=True)
     assert all(10 <= info.layers[n].sqnr_db < 20 for n in "012")  # ~19.8 dB: "warning", honestly
     assert [w.split(":")[0] for w in info.warnings] == ["0", "1", "2"]  # one line per layer
     assert info.warnings[0] == (
         f"0: SQNR {info.layers['0'].sqnr_db:.1f} dB is warning (good is >= 30 dB); skip it with "
         "modules_to_not_convert=['0'], or use group_size=64 or symmetric=False, or use dtype='int8' instead of 'int4'"
     )
-    assert not dynamic_quantize(model, "int4", group_size=64)[1].warnings  # ~20.4 dB: fair
+    assert not dynamic_quantize(model, "int4", group_size=64, symmetric=True)[1].warnings  # ~20.4 dB: fair
 
 
 @pytest.mark.parametrize(

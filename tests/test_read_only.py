@@ -19,6 +19,7 @@ from mono_quant import (
     ValidationError,
     calibrate,
     dynamic_quantize,
+    gptq_quantize,
     save_quantized,
     static_quantize,
     validate,
@@ -205,6 +206,18 @@ def test_calibrate_that_fails_midway():
         calibrate(model, [inputs(4), torch.randn(2, 3, 5, 5)], min_params=0, progress=False)
 
 
+def test_gptq_that_fails_midway():
+    def data():
+        yield inputs(4)
+        raise OSError("disk gone")
+
+    model = make_busy()
+    with left_alone(model), pytest.raises(OSError, match="disk gone"):
+        gptq_quantize(model, data(), min_params=0, group_size=32, progress=False)
+    with left_alone(model), pytest.raises(RuntimeError):  # the second batch fails after BatchNorm ran
+        gptq_quantize(model, [inputs(4), torch.randn(2, 3, 5, 5)], min_params=0, group_size=32, progress=False)
+
+
 # ---- the calls that return a new model ---------------------------------------------------------
 
 def test_quantizing_and_saving():
@@ -215,6 +228,9 @@ def test_quantizing_and_saving():
         static_quantize(model, inputs(40), min_params=0, num_samples=32, progress=False)
         for dtype in ("int8", "int4", "fp16"):
             dynamic_quantize(model, dtype, min_params=0)
+        gptq_quantize(model, inputs(40), min_params=0, group_size=32, num_samples=32, progress=False)
+        gptq_quantize(model, [{"x": b} for b in inputs(40).split(8)], min_params=0, group_size=32,
+                      num_samples=32, sequential=True, max_bits_per_weight=6.0, progress=False)
     with left_alone(model, qmodel):
         save_quantized(qmodel, "model.pt", info)
 

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from .. import _kernels as K
-from .._layers import dtype_name, own_tensors, state_kind, tensor_bytes
-from ..info import LayerInfo
+from .._layers import dtype_name, int4_bits_per_weight, own_tensors, state_kind, tensor_bytes
+from ..info import LayerInfo, QuantizationInfo
 from ..nn import QuantizedLinearInt4
 from .base import Scheme
 from .int8 import Int8Scheme
@@ -46,8 +46,15 @@ class Int4Scheme(Scheme):
 
     def __init__(self, config: QuantizationConfig) -> None:
         super().__init__(config)
-        # The fallback: the int8 scheme's own code, per channel, with this run's symmetry.
-        self._int8 = Int8Scheme(dataclasses.replace(config, dtype="int8", per_channel=True))
+        # The fallback: the int8 scheme's own code, per channel, with the symmetry the user
+        # chose, else int8's default (int4's default, asymmetric, is about groups).
+        symmetric = config.symmetric if config.symmetric_given else None
+        self._int8 = Int8Scheme(dataclasses.replace(config, dtype="int8", per_channel=True, symmetric=symmetric))
+
+    @property
+    def int8_scheme(self) -> Int8Scheme:
+        """The per-channel INT8 scheme this run falls back to (and mixed precision keeps)."""
+        return self._int8
 
     def convert_module(self, name: str, module: nn.Module) -> tuple[nn.Module, LayerInfo]:
         cfg = self.config
@@ -117,6 +124,13 @@ class Int4Scheme(Scheme):
         out["weight"] = K.int4_dequantize(weight, scale, zp, group_size, dtype)
         return out
 
+    def finish(self, info: QuantizationInfo) -> None:
+        """Warn when the group size made most Linear layers fall back to INT8: the run then
+        stores far more than the ~4 bits per weight INT4 stands for."""
+        warning = group_size_warning(info, self.config.group_size)
+        if warning is not None:
+            info.warnings.append(warning)
+
     @staticmethod
     def _fallback(converted: tuple[_T, LayerInfo], reason: str) -> tuple[_T, LayerInfo]:
         """The int8 scheme's result with its record marked as an int4 fallback."""
@@ -146,6 +160,7 @@ class Int4Scheme(Scheme):
                 "scale_method": cfg.scale_method,
                 "weight_dtype": dtype_name(weight.dtype),
                 "bias": has_bias,
+                "bits_per_weight": int4_bits_per_weight(cfg.group_size),
             },
         )
 
@@ -182,3 +197,29 @@ def state_group_size(
         return None
     group_size = in_features // groups
     return group_size if group_size in K.INT4_GROUP_SIZES else None
+
+
+def group_size_warning(info: QuantizationInfo, group_size: int) -> str | None:
+    """The warning for a run where more than half of the quantized Linear(-like) layers fell
+    back to INT8 because ``group_size`` does not divide their in_features, or None.
+
+    >>> group_size_warning(info, 256)
+    'group_size=256 does not divide the in_features of 30 of 36 Linear layers: ...'
+    """
+    linear = [layer for layer in info.layers.values()
+              if layer.quantized and len(layer.shape) == 2 and (layer.dtype == "int4" or layer.details.get("fallback"))]
+    fallen = [layer for layer in linear if str(layer.details.get("fallback", "")).startswith("in_features")]
+    if not linear or 2 * len(fallen) <= len(linear):
+        return None
+    widths = {layer.shape[1] for layer in fallen}
+    fits = {g: sum(1 for layer in linear if layer.shape[1] % g == 0) for g in K.INT4_GROUP_SIZES}
+    best = max(fits.values())
+    suggestion = max(g for g, n in fits.items() if n == best)
+    where = "every one of them" if best == len(linear) else f"{best} of {len(linear)}"
+    hint = (f"use group_size={suggestion} (divides the in_features of {where})" if best > len(linear) - len(fallen)
+            else "no group size fits them better; quantize with dtype='int8' instead")
+    bits = info.bits_per_weight
+    shown = f"{bits:.2f}" if bits is not None else "?"
+    return (f"group_size={group_size} does not divide the in_features of {len(fallen)} of {len(linear)} Linear "
+            f"layers ({', '.join(map(str, sorted(widths)))} wide): they were stored as INT8, so the model "
+            f"stores {shown} bits per weight instead of about {int4_bits_per_weight(group_size):.2f}; {hint}")

@@ -13,7 +13,7 @@ from torch import nn
 
 from .. import _kernels as K
 from .._int8 import dequantize_weight_int8, int8_qdtype, quantize_weight_int8
-from .._layers import dtype_name, own_tensors, state_kind, tensor_bytes
+from .._layers import dtype_name, int8_bits_per_weight, own_tensors, state_kind, tensor_bytes
 from ..info import LayerInfo
 from ..nn import QuantizedConv2d, QuantizedLinear
 from .base import Scheme
@@ -132,5 +132,6 @@ class Int8Scheme(Scheme):
                 "symmetric": cfg.symmetric,
                 "weight_dtype": dtype_name(weight.dtype),
                 "bias": has_bias,
+                "bits_per_weight": int8_bits_per_weight(tuple(weight.shape), cfg.per_channel),
             },
         )

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .. import _kernels as K
-from .._layers import dtype_name, own_tensors, tensor_bytes
+from .._layers import dtype_name, int8_bits_per_weight, own_tensors, tensor_bytes
 from ..info import LayerInfo
 from ..nn import StaticQuantizedConv2d, StaticQuantizedLinear
 from .base import Scheme
@@ -79,6 +79,7 @@ class StaticInt8Scheme(Scheme):
                 "symmetric": cfg.symmetric,
                 "weight_dtype": dtype_name(weight.dtype),
                 "bias": quantized.bias is not None,
+                "bits_per_weight": int8_bits_per_weight(tuple(weight.shape), cfg.per_channel),
                 "observer": observed.observer,
                 "input_range": observed.range,
                 "input_seen": (observed.data_min, observed.data_max),
