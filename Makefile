@@ -38,7 +38,8 @@ build: $(DEPS_STAMP)
 	$(VPY) -m cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release \
 		-DPython_EXECUTABLE=$(abspath $(VPY)) > /dev/null
 	$(VPY) -m cmake --build $(BUILD_DIR)
-	cp $(BUILD_DIR)/_C*.so mono_quant/
+	# copy then rename: cp over a loaded extension crashes a process that is using it
+	for f in $(BUILD_DIR)/_C*.so; do cp $$f mono_quant/.$$(basename $$f).tmp && mv -f mono_quant/.$$(basename $$f).tmp mono_quant/$$(basename $$f); done
 	$(VPY) scripts/dev_command.py $(VENV)/bin/mono-quant
 
 demo: build

@@ -100,6 +100,9 @@ def layer_override(config: QuantizationConfig, overrides: Mapping[str, Any]) -> 
     >>> layer_override(cfg, {"group_size": 32}).group_size
     32
     """
+    overrides = dict(overrides)
+    if "symmetric" not in overrides and not config.symmetric_given:
+        overrides["symmetric"] = None  # the default of the layer's dtype (INT8 symmetric, INT4 asymmetric)
     return dataclasses.replace(config, layer_config=FrozenMapping(), **overrides)
 
 

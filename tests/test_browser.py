@@ -83,5 +83,5 @@ def test_layer_info_renders(tmp_path):
     seen = render(tmp_path, info.layers["0"]._repr_html_())
     lines = seen["text"].splitlines()
     assert lines[:2] == ["LayerInfo", "0"]  # the title, then the layer name chip
-    assert "scheme\tint4 g32 symmetric mse" in lines and "shape\t128x64" in lines
+    assert "scheme\tint4 g32 asymmetric mse" in lines and "shape\t128x64" in lines
     assert any(line.startswith("SQNR\t") and line.endswith(" dB") for line in lines)

@@ -88,11 +88,11 @@ def test_report_objects_show_as_html_tables(executed):
     for name in ("fc1", "&lt;b&gt;fc2&amp;", "head"):
         assert name in cells, (name, cells[:20])
     assert "<b>fc2" not in html  # escaped, never markup
-    assert "int4 g32 symmetric mse" in cells and "3 of 3 layers quantized" in html
+    assert "int4 g32 asymmetric mse" in cells and "3 of 3 layers quantized" in html
     assert re.search(r'<td class="mq-right mq-(good|fair|warning|critical)"[^>]*>\d+\.\d dB</td>', html)
     assert executed.cells[1].outputs[0]["data"]["text/plain"].startswith("QuantizationInfo(3 of 3 layers quantized")
     layer_cells = cell_texts(html_of(executed, 2))
-    assert layer_cells[:2] == ["type", "Linear"] and "int4 g32 symmetric mse" in layer_cells
+    assert layer_cells[:2] == ["type", "Linear"] and "int4 g32 asymmetric mse" in layer_cells
     assert cell_texts(html_of(executed, 3))[::3] == ["sqnr", "size", "load", "range"]
     assert cell_texts(html_of(executed, 4))[0] == "fc1"
 
