@@ -9,7 +9,6 @@ ranges still are.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -17,11 +16,11 @@ import torch
 from torch import nn
 
 from ._layers import skipped_layer, state_kind
-from .errors import PartialConversionError, ValidationError
+from .errors import PartialConversionError
 from .info import QuantizationInfo
 from .selection import state_skip_reason
 from .state_dict import rebuild_state_dict, split_key
-from .validate import CheckResult, validate
+from .validate import CheckResult, act_on_report, validate
 
 IN_PLACE_CHECKS = ("sqnr", "range")
 _SKIPPED_IN_PLACE = {
@@ -83,11 +82,4 @@ def validate_in_place(result: nn.Module | Mapping[str, Any], info: QuantizationI
     report = validate(nothing, result, info=info, checks=checks)  # SQNRs come from info
     for name, why in _SKIPPED_IN_PLACE.items():
         report.checks[name] = CheckResult(name, "skipped", why)
-    info.validation = report
-    if report.passed or config.on_failure == "ignore":
-        return
-    message = f"validation failed: {report.summary()}"
-    if config.on_failure == "error":
-        raise ValidationError(message + " (pass on_failure='warn' to get the model anyway)", report)
-    info.warnings.append(message)
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    act_on_report(report, info)

@@ -146,15 +146,20 @@ def validate_after_quantization(original: ModelOrState, result: ModelOrState, in
     adds to ``info.warnings``, "ignore" does nothing else)."""
     config = info.config
     checks = [c for c in CHECKS if c != "sqnr" or config.compute_sqnr]
-    report = validate(original, result, info=info, checks=checks)
+    act_on_report(validate(original, result, info=info, checks=checks), info)
+
+
+def act_on_report(report: ValidationReport, info: QuantizationInfo) -> None:
+    """Store ``report`` in ``info.validation`` and act on a failure as ``config.on_failure``
+    says: "error" raises ValidationError, "warn" warns and adds to ``info.warnings``."""
     info.validation = report
-    if report.passed or config.on_failure == "ignore":
+    if report.passed or info.config.on_failure == "ignore":
         return
     message = f"validation failed: {report.summary()}"
-    if config.on_failure == "error":
+    if info.config.on_failure == "error":
         raise ValidationError(message + " (pass on_failure='warn' to get the model anyway)", report)
     info.warnings.append(message)
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
 
 
 def validate_file(
