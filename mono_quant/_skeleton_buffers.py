@@ -36,9 +36,8 @@ def meta_buffers(model: nn.Module, skip: set[int]) -> list[str]:
     for name, module in model.named_modules():
         if id(module) in skip:
             continue
-        for attr in module._non_persistent_buffers_set:
-            tensor = module._buffers.get(attr)
-            if tensor is not None and tensor.is_meta:
+        for attr, tensor in module._buffers.items():  # registration order (the set's order is random)
+            if attr in module._non_persistent_buffers_set and tensor is not None and tensor.is_meta:
                 out.append(join_key(name, attr))
     return out
 
