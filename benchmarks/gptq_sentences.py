@@ -8,6 +8,8 @@ The calibration set is everyday English of another kind plus a few technical and
 non-English lines; no sentence appears in both (checked when the benchmark starts).
 """
 
+from mono_quant.demo_static import CALIBRATION_SENTENCES as DEMO_CALIBRATION_SENTENCES
+
 EVAL_SENTENCES = (
     # one word, a few tokens
     "Hello",
@@ -101,55 +103,8 @@ EVAL_SENTENCES = (
     "reconstruction of a house from the period and a short film about how the excavation was done.",
 )
 
-CALIBRATION_SENTENCES = (
-    "The museum opens at nine and closes early on Sundays.",
-    "Researchers trained the network on millions of labelled images.",
-    "He poured a cup of coffee and read the morning paper.",
-    "The river flooded the valley after a week of heavy rain.",
-    "Stock markets fell sharply after the announcement.",
-    "My grandmother grows tomatoes and basil in her garden.",
-    "The team scored twice in the final ten minutes of the match.",
-    "Please remember to lock the door when you leave the office.",
-    "Electric cars are becoming cheaper every year.",
-    "The orchestra rehearsed the symphony for three weeks.",
-    "A storm knocked out power across the northern suburbs.",
-    "She learned to program in Python during the summer break.",
-    "The recipe calls for two eggs, flour, sugar and butter.",
-    "Astronomers discovered a planet orbiting a distant star.",
-    "The train to Berlin leaves from platform seven.",
-    "Children played football in the park until sunset.",
-    "The company reported record profits in the third quarter.",
-    "Our neighbours adopted a small grey kitten last week.",
-    "The doctor recommended more sleep and less caffeine.",
-    "Mountains covered in snow rose above the quiet village.",
-    "The compiler turns source code into machine instructions.",
-    "Tourists crowded the narrow streets of the old town.",
-    "He repaired the bicycle with a wrench and some oil.",
-    "The library added thousands of new books to its collection.",
-    "Heavy traffic delayed the bus by almost an hour.",
-    "The chef seasoned the soup with salt, pepper and thyme.",
-    "Scientists measured the temperature of the ocean floor.",
-    "The concert was cancelled because the singer was ill.",
-    "A new bridge will connect the island to the mainland.",
-    "She painted the kitchen walls a pale shade of yellow.",
-    "Vaccines train the immune system to recognise viruses.",
-    "The hikers followed the trail along the rocky coast.",
-    "The judge postponed the trial until next month.",
-    "Bees collect nectar from flowers to make honey.",
-    "The software update fixed several security problems.",
-    "He wrote a letter to his old friend from school.",
-    "Prices at the supermarket have risen since last spring.",
-    "The ship sailed into the harbour at dawn.",
-    "Students prepared for their final exams in the library.",
-    "The wind turbine produces electricity for two hundred homes.",
-    "We watched an old film and ate popcorn on the sofa.",
-    "The government announced new rules for online privacy.",
-    "A robot vacuum cleans the floor while we are at work.",
-    "The baker opens the shop before the sun comes up.",
-    "Rainforests are home to countless species of insects.",
-    "The pilot announced that we would land in twenty minutes.",
-    "My phone battery died in the middle of the call.",
-    "The painting sold at auction for a surprising price.",
+# The demo's 48 everyday sentences, then short inputs, code and other languages.
+CALIBRATION_SENTENCES = DEMO_CALIBRATION_SENTENCES + (
     "Good morning",
     "Goodbye",
     "Is it raining?",
