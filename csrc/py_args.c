@@ -146,3 +146,19 @@ int expect_same_shape(const mq_view *a, const char *an, const mq_view *b, const 
   }
   return 0;
 }
+
+PyObject *supported_names(const char *const *names, size_t count, int (*supported)(const char *)) {
+  PyObject *list = PyList_New(0);
+  if (list == NULL) return NULL;
+  for (size_t i = 0; i < count; i++) {
+    if (!supported(names[i])) continue;
+    PyObject *name = PyUnicode_FromString(names[i]);
+    if (name == NULL || PyList_Append(list, name) < 0) {
+      Py_XDECREF(name);
+      Py_DECREF(list);
+      return NULL;
+    }
+    Py_DECREF(name);
+  }
+  return list;
+}

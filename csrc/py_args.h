@@ -37,5 +37,7 @@ int view_args(PyObject *const *objs, const arg_spec *specs, mq_view *views, int 
 /* v holds n values (one per channel), else ValueError naming `name`. */
 int expect_len(const mq_view *v, const char *name, int64_t n);
 int expect_same_shape(const mq_view *a, const char *an, const mq_view *b, const char *bn);
+/* A new list of the `count` names for which supported(name) is true (the ISA queries). */
+PyObject *supported_names(const char *const *names, size_t count, int (*supported)(const char *));
 
 #endif /* MQ_PY_ARGS_H */

@@ -115,19 +115,8 @@ static const char *const gptq_isa_names[] = {"portable", "avx2", "avx512"};
 PyObject *py_gptq_isas(PyObject *self, PyObject *args) {
   (void)self;
   (void)args;
-  PyObject *list = PyList_New(0);
-  if (list == NULL) return NULL;
-  for (size_t i = 0; i < sizeof gptq_isa_names / sizeof gptq_isa_names[0]; i++) {
-    if (!mq_gptq_isa_supported(gptq_isa_names[i])) continue;
-    PyObject *name = PyUnicode_FromString(gptq_isa_names[i]);
-    if (name == NULL || PyList_Append(list, name) < 0) {
-      Py_XDECREF(name);
-      Py_DECREF(list);
-      return NULL;
-    }
-    Py_DECREF(name);
-  }
-  return list;
+  return supported_names(gptq_isa_names, sizeof gptq_isa_names / sizeof gptq_isa_names[0],
+                         mq_gptq_isa_supported);
 }
 
 PyObject *py_set_gptq_isa(PyObject *self, PyObject *args) {

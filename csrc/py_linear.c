@@ -254,19 +254,8 @@ static const char *const linear_isa_names[] = {"portable", "avx2", "avx512_vnni"
 PyObject *py_linear_isas(PyObject *self, PyObject *args) {
   (void)self;
   (void)args;
-  PyObject *list = PyList_New(0);
-  if (list == NULL) return NULL;
-  for (size_t i = 0; i < sizeof linear_isa_names / sizeof linear_isa_names[0]; i++) {
-    if (!mq_linear_isa_supported(linear_isa_names[i])) continue;
-    PyObject *name = PyUnicode_FromString(linear_isa_names[i]);
-    if (name == NULL || PyList_Append(list, name) < 0) {
-      Py_XDECREF(name);
-      Py_DECREF(list);
-      return NULL;
-    }
-    Py_DECREF(name);
-  }
-  return list;
+  return supported_names(linear_isa_names, sizeof linear_isa_names / sizeof linear_isa_names[0],
+                         mq_linear_isa_supported);
 }
 
 PyObject *py_set_linear_isa(PyObject *self, PyObject *args) {
