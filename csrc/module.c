@@ -59,6 +59,14 @@ static PyMethodDef methods[] = {
      "linear_isas() -> list: the quantized Linear paths this CPU can run, best last."},
     {"set_linear_isa", py_set_linear_isa, METH_VARARGS,
      "set_linear_isa(name) -> str: test hook, force a Linear path ('auto' = best); returns the previous."},
+    {"threadpool_stats", py_threadpool_stats, METH_NOARGS,
+     "threadpool_stats() -> dict: parallel jobs, jobs run alone while backing off under load, contended jobs."},
+    {"threadpool_set_backoff", py_threadpool_set_backoff, METH_VARARGS,
+     "threadpool_set_backoff(enabled) -> bool: back off under load (default on); returns the previous."},
+    {"threadpool_backoff_step", py_threadpool_backoff_step, METH_VARARGS,
+     "threadpool_backoff_step(until, backoff, start, began, done, end) -> (until, backoff, contended)."},
+    {"threadpool_back_off_for", py_threadpool_back_off_for, METH_VARARGS,
+     "threadpool_back_off_for(seconds): test hook, run jobs on the calling thread alone for that long."},
     /* GPTQ */
     {"gptq_hessian_add", py_gptq_hessian_add, METH_VARARGS,
      "gptq_hessian_add(x[rows,k], mask[rows] uint8 or None, h[k,k] float64, num_threads) -> int: "

@@ -32,5 +32,9 @@ PyObject *py_gptq_hessian_add(PyObject *self, PyObject *args);
 PyObject *py_gptq_int4(PyObject *self, PyObject *args);
 PyObject *py_gptq_isas(PyObject *self, PyObject *args);
 PyObject *py_set_gptq_isa(PyObject *self, PyObject *args);
+PyObject *py_threadpool_stats(PyObject *self, PyObject *args);
+PyObject *py_threadpool_set_backoff(PyObject *self, PyObject *args);
+PyObject *py_threadpool_backoff_step(PyObject *self, PyObject *args);
+PyObject *py_threadpool_back_off_for(PyObject *self, PyObject *args);
 
 #endif /* MQ_PY_METHODS_H */

@@ -10,8 +10,17 @@
  * the same reason workers spin only briefly after a job before they sleep: a longer spin
  * would hold a core that the next torch op needs.
  *
+ * Under load (another process busy on the cores) a parallel job can cost far more than the
+ * same job on the calling thread alone: the caller ends at a barrier waiting for a helper
+ * that the OS has not given a core, for a whole scheduler slice (milliseconds, against a
+ * 0.2 ms job).  So every parallel job measures how long its caller waited after running out
+ * of work, and a long wait makes the next jobs run on the caller alone for a while (backing
+ * off, doubled while probes keep waiting, halved by each job that does not); see
+ * mq_backoff_step in threadpool.h.  On a quiet machine helpers arrive within a chunk of
+ * work, nothing is ever backed off, and jobs run exactly as before.
+ *
  * This file holds the only mutable global state of the library besides the CPU-feature
- * cache: the pool itself.
+ * cache: the pool itself and its back-off state.
  */
 #define _GNU_SOURCE
 #include "threadpool.h"
@@ -21,6 +30,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #if defined(__linux__)
@@ -168,6 +178,8 @@ static int ensure_workers(int wanted) {
   return pool.workers;
 }
 
+static int64_t now_ns(void);
+
 static void run_serial(int64_t n, mq_range_fn fn, void *ctx) {
   if (n > 0) fn(ctx, 0, n);
 }
@@ -225,23 +237,30 @@ typedef struct {
   int64_t n, align;
   int parts;
   atomic_int next;
+  pthread_t caller;
+  int64_t *caller_times; /* NULL: not measured; else [0] when the caller began its ranges
+                          * (after libgomp started the team) and [1] when it found none left */
 } gomp_job;
 
 static void gomp_body(void *data) {
   gomp_job *job = data;
+  const int timed = job->caller_times && pthread_equal(pthread_self(), job->caller);
+  if (timed) job->caller_times[0] = now_ns();
   int part;
   while ((part = atomic_fetch_add(&job->next, 1)) < job->parts) {
     int64_t b, e;
     mq_parallel_range(job->n, job->parts, job->align, part, &b, &e);
     if (b < e) job->fn(job->ctx, b, e);
   }
+  if (timed) job->caller_times[1] = now_ns();
 }
 
 /* Run the job on libgomp's team; 0 when there is none to use. */
-static int run_on_gomp(int64_t n, int64_t align, int parts, mq_range_fn fn, void *ctx) {
+static int run_on_gomp(int64_t n, int64_t align, int parts, mq_range_fn fn, void *ctx,
+                       int64_t *caller_times) {
   pthread_once(&gomp_once, find_gomp);
   if (!gomp_parallel || in_forked_child()) return 0;
-  gomp_job job = {fn, ctx, n, align < 1 ? 1 : align, parts, 0};
+  gomp_job job = {fn, ctx, n, align < 1 ? 1 : align, parts, 0, pthread_self(), caller_times};
   gomp_parallel(gomp_body, &job, (unsigned)parts, 0);
   return 1;
 }
@@ -251,13 +270,84 @@ const char *mq_threadpool_kind(void) {
   return gomp_parallel && !in_forked_child() ? "libgomp" : "own";
 }
 #else
-static int run_on_gomp(int64_t n, int64_t align, int parts, mq_range_fn fn, void *ctx) {
-  (void)n, (void)align, (void)parts, (void)fn, (void)ctx;
+static int run_on_gomp(int64_t n, int64_t align, int parts, mq_range_fn fn, void *ctx,
+                       int64_t *caller_times) {
+  (void)n, (void)align, (void)parts, (void)fn, (void)ctx, (void)caller_times;
   return 0;
 }
 
 const char *mq_threadpool_kind(void) { return "own"; }
 #endif
+
+/* ---- backing off under load ------------------------------------------------------------ */
+
+mq_backoff mq_backoff_step(mq_backoff state, int64_t start_ns, int64_t began_ns, int64_t done_ns,
+                           int64_t end_ns) {
+  const int64_t work = done_ns - began_ns, wait = (began_ns - start_ns) + (end_ns - done_ns);
+  if (wait > work / MQ_BACKOFF_WAIT_DIVISOR + MQ_BACKOFF_WAIT_SLACK_NS) {
+    state.serial_until_ns = end_ns + state.backoff_ns;
+    state.backoff_ns = state.backoff_ns * 2 > MQ_BACKOFF_MAX_NS ? MQ_BACKOFF_MAX_NS : state.backoff_ns * 2;
+    state.contended = 1;
+  } else {
+    /* Halved, not reset: under load an occasional job finds a helper on time, and a reset
+     * would make every following back-off short, i.e. probe (and wait) again and again. */
+    state.backoff_ns = state.backoff_ns / 2 < MQ_BACKOFF_MIN_NS ? MQ_BACKOFF_MIN_NS : state.backoff_ns / 2;
+    state.contended = 0;
+  }
+  return state;
+}
+
+static int64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Shared by every calling thread; a lost update between two concurrent callers only shifts
+ * when the next probe happens. */
+static _Atomic int64_t serial_until_ns;
+static _Atomic int64_t backoff_ns = MQ_BACKOFF_MIN_NS;
+static atomic_int backoff_enabled = -1; /* -1: not read from the environment yet */
+static _Atomic int64_t stat_parallel, stat_serial_under_load, stat_contended;
+
+static int backoff_on(void) {
+  int on = atomic_load(&backoff_enabled);
+  if (on < 0) {
+    const char *env = getenv("MONO_QUANT_LOAD_BACKOFF");
+    on = !(env && strcmp(env, "0") == 0);
+    atomic_store(&backoff_enabled, on);
+  }
+  return on;
+}
+
+void mq_threadpool_set_backoff(int enabled) {
+  atomic_store(&backoff_enabled, enabled ? 1 : 0);
+  atomic_store(&serial_until_ns, 0);
+  atomic_store(&backoff_ns, MQ_BACKOFF_MIN_NS);
+}
+
+int mq_threadpool_backoff_enabled(void) { return backoff_on(); }
+
+void mq_threadpool_back_off_for(int64_t ns) {
+  atomic_store(&serial_until_ns, now_ns() + (ns > 0 ? ns : 0));
+}
+
+mq_threadpool_stats mq_threadpool_get_stats(void) {
+  mq_threadpool_stats st = {atomic_load(&stat_parallel), atomic_load(&stat_serial_under_load),
+                            atomic_load(&stat_contended)};
+  return st;
+}
+
+static void note_job(int64_t start, int64_t began, int64_t done, int64_t end) {
+  atomic_fetch_add(&stat_parallel, 1);
+  mq_backoff state = {atomic_load(&serial_until_ns), atomic_load(&backoff_ns), 0};
+  state = mq_backoff_step(state, start, began, done, end);
+  atomic_store(&backoff_ns, state.backoff_ns);
+  if (state.contended) {
+    atomic_store(&serial_until_ns, state.serial_until_ns);
+    atomic_fetch_add(&stat_contended, 1);
+  }
+}
 
 void mq_parallel_for(int64_t n, int64_t min_per_thread, int64_t align, int num_threads,
                      mq_range_fn fn, void *ctx) {
@@ -266,8 +356,19 @@ void mq_parallel_for(int64_t n, int64_t min_per_thread, int64_t align, int num_t
     run_serial(n, fn, ctx);
     return;
   }
+  const int measured = backoff_on();
+  const int64_t start = measured ? now_ns() : 0;
+  if (measured && start < atomic_load(&serial_until_ns)) {
+    atomic_fetch_add(&stat_serial_under_load, 1);
+    run_serial(n, fn, ctx);
+    return;
+  }
   pthread_once(&atfork_once, install_atfork);
-  if (run_on_gomp(n, align, parts, fn, ctx)) return;
+  int64_t times[2] = {start, start};
+  if (run_on_gomp(n, align, parts, fn, ctx, measured ? times : NULL)) {
+    if (measured) note_job(start, times[0], times[1], now_ns());
+    return;
+  }
   if (pthread_mutex_trylock(&pool.dispatch) != 0) {
     run_serial(n, fn, ctx); /* the pool is in use by another caller */
     return;
@@ -293,7 +394,9 @@ void mq_parallel_for(int64_t n, int64_t min_per_thread, int64_t align, int num_t
     pthread_mutex_unlock(&pool.lock);
   }
 
+  if (measured) times[0] = now_ns();
   run_claimed_parts(gen);
+  if (measured) times[1] = now_ns();
 
   /* Every range is claimed; wait for those still running on workers. */
   int spins = 0;
@@ -305,4 +408,5 @@ void mq_parallel_for(int64_t n, int64_t min_per_thread, int64_t align, int num_t
     }
   }
   pthread_mutex_unlock(&pool.dispatch);
+  if (measured) note_job(start, times[0], times[1], now_ns());
 }

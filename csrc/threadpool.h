@@ -38,4 +38,49 @@ int mq_parallel_parts(int64_t n, int64_t min_per_thread, int64_t align, int num_
 /*! mq_parallel_range() : bounds of range `part` of `parts` over [0, n) aligned to `align`. */
 void mq_parallel_range(int64_t n, int parts, int64_t align, int part, int64_t *begin, int64_t *end);
 
+/* ---- backing off under load ---------------------------------------------------------------
+ * A parallel job whose caller waited for the helpers (to start, or to finish after it ran out
+ * of ranges) longer than work / MQ_BACKOFF_WAIT_DIVISOR + MQ_BACKOFF_WAIT_SLACK_NS (work: the
+ * caller's own time running ranges) was contended: a helper had no core.  The jobs that start in
+ * the next `backoff` nanoseconds run on the caller alone; the back-off doubles (up to
+ * MQ_BACKOFF_MAX_NS) each time the first parallel job after it is contended again, and is
+ * halved (down to MQ_BACKOFF_MIN_NS) by each parallel job that is not.  On a quiet machine a helper holds the
+ * caller up by at most one chunk of work plus a wake-up, below the threshold. */
+#define MQ_BACKOFF_WAIT_DIVISOR 4
+#define MQ_BACKOFF_WAIT_SLACK_NS 100000      /* 0.1 ms */
+#define MQ_BACKOFF_MIN_NS 2000000            /* 2 ms */
+#define MQ_BACKOFF_MAX_NS 256000000          /* 0.256 s between probes at most */
+
+typedef struct {
+  int64_t serial_until_ns; /* jobs starting before this run on the caller alone */
+  int64_t backoff_ns;      /* the next back-off */
+  int contended;           /* the job just noted was contended */
+} mq_backoff;
+
+/*! mq_backoff_step() : the back-off state after a parallel job that the caller started at
+ *  start_ns, whose caller began its first range at began_ns (starting a team can wait for a
+ *  helper too: libgomp docks its threads at a barrier), ran out of ranges at done_ns and
+ *  returned at end_ns (CLOCK_MONOTONIC).  Waiting: (began - start) + (end - done); work:
+ *  done - began. */
+mq_backoff mq_backoff_step(mq_backoff state, int64_t start_ns, int64_t began_ns, int64_t done_ns,
+                           int64_t end_ns);
+
+/*! mq_threadpool_set_backoff() : turn backing off on (the default) or off (as does the
+ *  environment variable MONO_QUANT_LOAD_BACKOFF=0); either way the current back-off ends. */
+void mq_threadpool_set_backoff(int enabled);
+int mq_threadpool_backoff_enabled(void);
+
+/*! mq_threadpool_back_off_for() : back off for the next `ns` nanoseconds as if a job had been
+ *  contended (a test hook: the jobs in that time run on the caller alone). */
+void mq_threadpool_back_off_for(int64_t ns);
+
+typedef struct {
+  int64_t parallel_jobs;         /* jobs run on several threads */
+  int64_t serial_under_load;     /* jobs run on the caller alone while backing off */
+  int64_t contended_jobs;        /* parallel jobs found contended */
+} mq_threadpool_stats;
+
+/*! mq_threadpool_get_stats() : counters since the module was loaded. */
+mq_threadpool_stats mq_threadpool_get_stats(void);
+
 #endif /* MQ_THREADPOOL_H */

@@ -129,3 +129,99 @@ def test_a_child_forked_before_any_kernel_ran_does_not_hang():
     )
     proc = _run_python(script, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+# ---- backing off under load ------------------------------------------------------------------
+# A parallel job whose caller waited for its helpers (to start, or to finish after the caller ran
+# out of work) much longer than the work itself was contended: the next jobs run on the caller
+# alone for a while, doubling while probes keep waiting.  The rule is checked here on made-up
+# times (a loaded machine cannot be summoned in a test); the benchmark shows it under a spinner.
+
+MS = 1_000_000
+
+
+def _step(until, backoff, start, began, done, end):
+    return K._C.threadpool_backoff_step(until, backoff, start, began, done, end)
+
+
+def test_a_quiet_job_keeps_running_in_parallel_and_shortens_the_backoff():
+    # 1 ms of work, 20 us of waiting in all: quiet
+    until, backoff, contended = _step(0, 64 * MS, 0, 10_000, 1 * MS + 10_000, 1 * MS + 20_000)
+    assert not contended
+    assert until == 0 and backoff == 32 * MS
+    for _ in range(10):
+        until, backoff, contended = _step(until, backoff, 0, 10_000, 1 * MS + 10_000, 1 * MS + 20_000)
+    assert backoff == 2 * MS  # never below the minimum
+
+
+def test_a_long_wait_starts_a_backoff_that_doubles_up_to_a_cap():
+    # 0.2 ms of work, then 5 ms waiting for a helper with no core
+    until, backoff, contended = _step(0, 2 * MS, 0, 0, 200_000, 5_200_000)
+    assert contended and until == 5_200_000 + 2 * MS and backoff == 4 * MS
+    for _ in range(12):
+        until, backoff, contended = _step(until, backoff, 0, 0, 200_000, 5_200_000)
+    assert contended and backoff == 256 * MS
+
+
+def test_waiting_for_the_team_to_start_counts_as_waiting():
+    """libgomp docks its threads at a barrier: a helper without a core holds up the start."""
+    _, _, contended = _step(0, 2 * MS, 0, 4 * MS, 4 * MS + 300_000, 4 * MS + 310_000)
+    assert contended
+
+
+def test_the_threshold_scales_with_the_work():
+    # a 40 ms job (a big GEMM) may wait 5 ms for one chunk on a quiet machine: not contended
+    assert not _step(0, 2 * MS, 0, 0, 40 * MS, 45 * MS)[2]
+    assert _step(0, 2 * MS, 0, 0, 40 * MS, 52 * MS)[2]
+
+
+def test_jobs_run_while_backing_off_give_the_parallel_results():
+    expected = _serial([11])[0]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        parallel = _work(11)
+        stats0 = K._C.threadpool_stats()
+        K._C.threadpool_back_off_for(60.0)
+        backed_off = _work(11)
+        stats1 = K._C.threadpool_stats()
+    finally:
+        K._C.threadpool_back_off_for(0.0)
+        torch.set_num_threads(before)
+    assert _same(parallel, expected) and _same(backed_off, expected)
+    assert stats1["serial_under_load"] > stats0["serial_under_load"]
+    assert stats1["parallel_jobs"] == stats0["parallel_jobs"]
+
+
+def test_backing_off_can_be_turned_off():
+    before_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    previous = K._C.threadpool_set_backoff(False)
+    try:
+        K._C.threadpool_back_off_for(60.0)  # ignored while off
+        stats0 = K._C.threadpool_stats()
+        assert stats0["backoff"] is False
+        got = _work(12)
+        stats1 = K._C.threadpool_stats()
+        assert stats1["serial_under_load"] == stats0["serial_under_load"]
+    finally:
+        K._C.threadpool_set_backoff(previous)
+        torch.set_num_threads(before_threads)
+    assert _same(got, _serial([12])[0])
+
+
+def test_the_environment_variable_turns_backing_off_off():
+    script = (
+        "import sys; sys.path[:0] = sys.argv[1:3]\n"
+        "from mono_quant import _kernels as K\n"
+        "print(K._C.threadpool_stats()['backoff'])\n"
+    )
+    proc = _run_python(script, env=dict(os.environ, MONO_QUANT_LOAD_BACKOFF="0"), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False"]
+
+
+def test_back_off_for_rejects_bad_durations():
+    for bad in (-1.0, float("nan"), float("inf"), 1e9):
+        with pytest.raises(ValueError, match="seconds must be in 0..3600"):
+            K._C.threadpool_back_off_for(bad)
