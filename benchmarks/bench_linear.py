@@ -1,6 +1,6 @@
 """Quantized Linear forward on CPU: mono_quant INT8 / INT4 against torch, side by side.
 
-    python benchmarks/bench_linear.py            # full run, writes benchmarks/RESULTS.md
+    python benchmarks/bench_linear.py            # full run, writes its section of benchmarks/RESULTS.md
     python benchmarks/bench_linear.py --quick    # fewer repeats, same table
 
 Llama-7B shapes (out x in) 4096x4096, 11008x4096, 4096x11008 at batch 1, 8 and 32, float32
@@ -11,6 +11,11 @@ weights, so no contender runs from cache:
   - torch ``quantize_dynamic`` (int8 dynamic nn.Linear, fbgemm)
   - torch ``_weight_int8pack_mm`` (int8 weight-only, per-channel scales)
   - torch ``_weight_int4pack_mm_for_cpu`` (int4 weight-only, group 128)
+  - torch bf16 ``F.linear`` (bf16 weights and activations: oneDNN, AMX where the CPU has it)
+  - torchao's CPU int4 (``PrototypeInt4WeightOnlyConfig``, group 128, bf16 activations), when
+    torchao is installed (``pip install -e .[benchmark]``)
+  - ONNX Runtime per-channel INT8 (``onnxruntime.quantization.quantize_dynamic``,
+    ``per_channel=True``) of the same MatMul, when onnxruntime is installed
   - mono_quant ``linear_int8`` (per-channel) and ``linear_int4`` (group 128)
 It also measures the machine's memory read bandwidth (median of large ``tensor.sum()``) and
 reports the fraction of it that the batch-1 kernels reach (bytes of packed weights / time).
@@ -23,6 +28,8 @@ other. ``MONO_QUANT_THREADPOOL=own`` times mono_quant's own pool instead, and
 to the same file:
 
     python benchmarks/bench_linear.py && MONO_QUANT_THREADPOOL=own python benchmarks/bench_linear.py --append
+
+Only this benchmark's section of the file (between its markers) is replaced.
 """
 
 from __future__ import annotations
@@ -66,6 +73,60 @@ class Contender:
         return self.call(layer, x)
 
 
+def optional_peers(w: torch.Tensor, n: int, k: int) -> list[Contender]:
+    """torchao's CPU int4 and ONNX Runtime's per-channel INT8, when they are installed (the
+    ``benchmark`` extra); each returns float32 like the others (casts are timed too)."""
+    out: list[Contender] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
+            from torchao.quantization import quantize_
+    except Exception as exc:  # noqa: BLE001 - any failure to import means "not available"
+        print(f"  torchao not available ({type(exc).__name__}): its row is left out", file=sys.stderr)
+    else:
+        layers = []
+        for _ in range(copies(n * k // 2)):
+            lin = nn.Sequential(nn.Linear(k, n, bias=False)).to(torch.bfloat16)
+            with torch.no_grad():
+                lin[0].weight.copy_(w)
+            quantize_(lin, PrototypeInt4WeightOnlyConfig(group_size=GROUP))
+            layers.append(lin)
+        out.append(Contender(f"torchao int4 g{GROUP} (bf16)", layers, n * k // 2 + n * (k // GROUP) * 4,
+                             lambda m, x: m(x.to(torch.bfloat16)).float()))
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        import logging
+
+        logging.getLogger().setLevel(logging.ERROR)  # quantize_dynamic's "consider pre-processing" advice
+    except Exception as exc:  # noqa: BLE001
+        print(f"  onnxruntime not available ({type(exc).__name__}): its row is left out", file=sys.stderr)
+    else:
+        import tempfile
+
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "wt"], ["y"])], "linear",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", k])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])],
+            [numpy_helper.from_array(w.t().contiguous().numpy(), "wt")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        sessions = []
+        with tempfile.TemporaryDirectory() as tmp:
+            src, dst = os.path.join(tmp, "f32.onnx"), os.path.join(tmp, "int8.onnx")
+            onnx.save(model, src)
+            quantize_dynamic(src, dst, per_channel=True, weight_type=QuantType.QInt8)
+            for _ in range(copies(n * k)):
+                sessions.append(ort.InferenceSession(dst, opts, providers=["CPUExecutionProvider"]))
+        out.append(Contender("onnxruntime int8 per-channel", sessions, n * k,
+                             lambda s_, x: torch.from_numpy(s_.run(None, {"x": x.numpy()})[0])))
+    return out
+
+
 def copies(nbytes: int) -> int:
     """Distinct layers needed so that one contender streams more than ROTATION_BYTES."""
     return max(2, math.floor(ROTATION_BYTES / nbytes) + 1)
@@ -102,6 +163,12 @@ def build(n: int, k: int, gen: torch.Generator) -> list[Contender]:
     t4 = [(torch._convert_weight_to_int4pack_for_cpu(q4, 2), sz.clone()) for _ in range(copies(n * k // 2))]
     out.append(Contender(f"torch _weight_int4pack_mm g{GROUP}", t4, t4[0][0].numel() + sz.numel() * 4,
                          lambda p, x: torch._weight_int4pack_mm_for_cpu(x, p[0], GROUP, p[1])))
+
+    bf = [w.to(torch.bfloat16)] + [torch.randn(n, k, generator=gen).mul_(0.02).to(torch.bfloat16)
+                                   for _ in range(copies(2 * n * k) - 1)]
+    out.append(Contender("torch bf16 F.linear", bf, 2 * n * k,
+                         lambda W, x: F.linear(x.to(torch.bfloat16), W).float()))
+    out += optional_peers(w, n, k)
 
     zp8 = torch.zeros(n, dtype=torch.int32)
     p8 = K.pack_linear_int8(q8, s8, zp8)
@@ -249,8 +316,28 @@ def main() -> None:
     text = report(rows, steady, (bw, bw_after), threads, repeats, args, load_before, load_after)
     print(text)
     if args.out != "-":
-        with open(args.out, "a" if args.append else "w") as f:
-            f.write(("\n" if args.append else "") + text)
+        if args.append:
+            with open(args.out, "a") as f:
+                f.write("\n" + text)
+        else:
+            write_section(args.out, text)
+
+
+MARK_BEGIN, MARK_END = "<!-- bench_linear begin -->", "<!-- bench_linear end -->"
+
+
+def write_section(path: str, text: str) -> None:
+    """Replace this benchmark's section of ``path`` (between its markers; before the markers
+    existed, the file's top up to the next benchmark's heading), or put it first."""
+    old = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
+    block = f"{MARK_BEGIN}\n{text.rstrip()}\n{MARK_END}\n"
+    if MARK_BEGIN in old and MARK_END in old:
+        head, rest = old.split(MARK_BEGIN, 1)
+        new = head + block + rest.split(MARK_END, 1)[1]
+    else:
+        new = block + "\n" + old
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(new)
 
 
 def report(rows, steady, bws, threads, repeats, args, load_before, load_after) -> str:
@@ -304,14 +391,17 @@ def report(rows, steady, bws, threads, repeats, args, load_before, load_after) -
         "## Speed-ups (higher is better)",
         "",
         "| out x in | batch | int8 vs fp32 | int4 vs fp32 | int8 vs quantize_dynamic | "
-        "int8 vs _weight_int8pack_mm | int4 vs _weight_int4pack_mm |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "int8 vs _weight_int8pack_mm | int4 vs _weight_int4pack_mm | fastest peer | int8 vs it | int4 vs it |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
+    peers = [c for c in names if c not in (fp32, ours8, ours4)]
     for n, k, m, res in rows:
         t = {c: res[c][0] for c in names}
+        best = min(peers, key=lambda c: t[c])
         out.append(
             f"| {n}x{k} | {m} | {t[fp32] / t[ours8]:.2f}x | {t[fp32] / t[ours4]:.2f}x | "
-            f"{t[qdyn] / t[ours8]:.2f}x | {t[names[2]] / t[ours8]:.2f}x | {t[names[3]] / t[ours4]:.2f}x |"
+            f"{t[qdyn] / t[ours8]:.2f}x | {t[names[2]] / t[ours8]:.2f}x | {t[names[3]] / t[ours4]:.2f}x | "
+            f"{best} | {t[best] / t[ours8]:.2f}x | {t[best] / t[ours4]:.2f}x |"
         )
     out += [
         "",
@@ -373,6 +463,13 @@ def targets(rows, steady, bw, names) -> str:
         ("INT4 batch 8/32 not slower than fp32", worst(lambda m: m > 1, lambda r: t(r, fp32) / t(r, ours4)), 1.0, "x"),
     ]
     lines += ["| target | worst case over shapes | met |", "|---|---:|---|"]
+    peers = [c for c in names if c in (qdyn, "torch bf16 F.linear") or c.startswith("torchao")]
+    big32 = lambda m: m == 32  # noqa: E731
+    for ours in (ours8, ours4):
+        checks.append((f"{ours} batch 32 >= 2x the fastest of "
+                       + ", ".join(peers) + " (4096x4096, 11008x4096)",
+                       min(min(t(res, p) for p in peers) / t(res, ours) for n, k, m, res in rows
+                           if big32(m) and (n, k) in ((4096, 4096), (11008, 4096))), 2.0, "x"))
     for label, value, goal, unit in checks:
         shown = f"{value:.0%}" if unit == "%" else f"{value:.2f}x"
         lines.append(f"| {label} | {shown} | {'yes' if value >= goal else 'NO'} |")
