@@ -122,6 +122,8 @@ typedef struct {
   int64_t group, ng;     /* INT4: group size and k / group; INT8: 0, 0 */
   int64_t m;             /* batch rows */
   const int8_t *xq;      /* [m][kp] */
+  const uint8_t *xu;     /* batch kernels with needs_xu: xq ^ 0x80 (= xq + 128), [m + 15][kp],
+                          * rows past m zero (16 rows from any row < m are readable); else NULL */
   const float *d;        /* [m][nb] */
   const int32_t *acc_start; /* [m][nb]: -128 * asum, where a VNNI INT8 block sum starts */
   const float *corr;     /* INT8: S, [m]; INT4: D, [m][ng] */
@@ -140,6 +142,16 @@ typedef struct {
   void (*int4_tiles)(const mq_linear_job *job, int64_t t0, int64_t t1);
   /* Static INT8 (linear_static.c): sum_i xu[i] * ws[i], exact, for len <= MQ_LINEAR_STATIC_BLOCK */
   int64_t (*dot_u8s8)(const uint8_t *xu, const int8_t *ws, int64_t len);
+  /* Batch (GEMM) kernels, or NULL: run tiles [t0, t1) for every batch row, used instead of
+   * int8_tiles / int4_tiles when m >= batch_min_m (measured per path; mq_linear_set_gemm_min_batch
+   * overrides it).  Every output element is computed by the same operations in the same order
+   * wherever its tile and row fall, so results do not depend on the thread count. */
+  void (*int8_batch)(const mq_linear_job *job, int64_t t0, int64_t t1);
+  void (*int4_batch)(const mq_linear_job *job, int64_t t0, int64_t t1);
+  int64_t batch_min_m;
+  int64_t batch_tiles;    /* tiles a batch kernel takes together: chunks are multiples of it */
+  int needs_xu;           /* the batch kernels read job->xu */
+  const char *batch_name; /* what reports name the batch path */
 } mq_linear_kernels;
 
 /* Longest run dot_u8s8 takes: 32768 * 255 * 128 < 2^31, so int32 partial sums cannot overflow. */
@@ -149,9 +161,15 @@ typedef struct {
 extern const mq_linear_kernels mq_linear_kernels_portable;
 extern const mq_linear_kernels mq_linear_kernels_avx2;
 extern const mq_linear_kernels mq_linear_kernels_avx512_vnni;
+extern const mq_linear_kernels mq_linear_kernels_amx;          /* real AMX-INT8 tiles */
+extern const mq_linear_kernels mq_linear_kernels_amx_emulated; /* the same kernel, tiles in C */
 
 /*! mq_linear_active() : the kernel table picked in cpu.c (best available, or the override). */
 const mq_linear_kernels *mq_linear_active(void);
+
+/*! mq_linear_gemm_min_batch() : the batch from which `kern`'s batch kernels run: its measured
+ *  batch_min_m, unless mq_linear_set_gemm_min_batch overrode it (cpu.c). */
+int64_t mq_linear_gemm_min_batch(const mq_linear_kernels *kern);
 
 /* ---- helpers shared by every path ------------------------------------------------------- */
 
