@@ -149,7 +149,6 @@ typedef struct {
   void (*int8_batch)(const mq_linear_job *job, int64_t t0, int64_t t1);
   void (*int4_batch)(const mq_linear_job *job, int64_t t0, int64_t t1);
   int64_t batch_min_m;
-  int64_t batch_tiles;    /* tiles a batch kernel takes together: chunks are multiples of it */
   int needs_xu;           /* the batch kernels read job->xu */
   const char *batch_name; /* what reports name the batch path */
 } mq_linear_kernels;

@@ -125,15 +125,17 @@ static void emu_dpbusd(amx_regs *r, int c, int a, int b) {
 #define NAME "amx_emulated"
 #endif
 
-/* Tiles: 0 = C (16 batch rows x 16 int32), 1 = A (16 rows x 32 activation bytes),
- * 2 = B (8 rows of k quads x 16 weight rows x 4 bytes). */
+/* Tiles 0 and 3 = C (16 batch rows x 16 int32), 1 and 4 = A (16 rows x 32 activation bytes),
+ * 2 and 5 = B (8 rows of k quads x 16 weight rows x 4 bytes): two sets for alternate blocks. */
 static void amx_setup(amx_regs *r) {
   amx_tilecfg cfg;
   memset(&cfg, 0, sizeof cfg);
   cfg.palette_id = 1;
-  cfg.rows[0] = 16, cfg.colsb[0] = 64;
-  cfg.rows[1] = 16, cfg.colsb[1] = MQ_LINEAR_QK;
-  cfg.rows[2] = MQ_LINEAR_QK / 4, cfg.colsb[2] = 64;
+  for (int set = 0; set < 6; set += 3) {
+    cfg.rows[set] = 16, cfg.colsb[set] = 64;
+    cfg.rows[set + 1] = 16, cfg.colsb[set + 1] = MQ_LINEAR_QK;
+    cfg.rows[set + 2] = MQ_LINEAR_QK / 4, cfg.colsb[set + 2] = 64;
+  }
   AMX_CONFIG(r, &cfg);
 }
 
@@ -200,15 +202,24 @@ static void int4_prepare(const mq_linear_job *job, int64_t t, int64_t g0, int64_
 }
 
 /* C = the exact block dot products of batch rows m0..m0+15 with the 16 weight rows of block bi
- * of the chunk, for activation block b. */
-static inline void block_dot(amx_regs *r, const mq_linear_job *job, const amx_chunk *ch, int64_t bi,
-                             int64_t m0, int64_t b, int32_t (*c)[MQ_LINEAR_NR]) {
-  AMX_LOAD(r, 0, ch->comp[bi], 0); /* stride 0: every row starts at comp */
-  AMX_LOAD(r, 1, job->xu + m0 * job->kp + b * MQ_LINEAR_QK, job->kp);
-  AMX_LOAD(r, 2, ch->b[bi], 64);
-  AMX_DPBUSD(r, 0, 1, 2);
-  AMX_STORE(r, 0, c, 64);
-}
+ * of the chunk, for activation block b, stored to c.  Two sets of tiles (0-2 and 3-5) take
+ * alternate blocks, so the tiles of one block can run while the float sums of the other are
+ * taken.  A macro: the tile numbers must be constants. */
+#define BLOCK_DOT(R, TC, TA, TB, JOB, CH, BI, M0, BLK, CBUF)                                  \
+  do {                                                                                       \
+    AMX_LOAD(R, TC, (CH)->comp[BI], 0); /* stride 0: every row starts at comp */             \
+    AMX_LOAD(R, TA, (JOB)->xu + (M0) * (JOB)->kp + (BLK) * MQ_LINEAR_QK, (JOB)->kp);         \
+    AMX_LOAD(R, TB, (CH)->b[BI], 64);                                                        \
+    AMX_DPBUSD(R, TC, TA, TB);                                                               \
+    AMX_STORE(R, TC, CBUF, 64);                                                              \
+  } while (0)
+
+/* acc[i] + d[i][b] * c[i] for the 16 rows, one fused multiply-add each (as the VNNI path). */
+#define ACCUMULATE(ACC, CBUF, D, BLK)                                                               \
+  do {                                                                                               \
+    _Pragma("GCC unroll 16") for (int i = 0; i < MB; i++) ACC[i] =                                   \
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(CBUF[i])), _mm512_set1_ps(D[i][BLK]), ACC[i]); \
+  } while (0)
 
 /* Rows of the 16-row block at m0 that are real; the others (zero activations) repeat the last
  * real row's scales so that nothing is read past the job's arrays, and are never stored. */
@@ -226,15 +237,20 @@ static void int8_rows(amx_regs *r, const mq_linear_job *job, const amx_chunk *ch
                       int64_t mrows, int64_t b0, int64_t b1, float (*sums)[MQ_LINEAR_NR]) {
   const float *d[MB], *corr[MB];
   row_pointers(job, m0, mrows, d, corr, 1);
-  int32_t c[MB][MQ_LINEAR_NR] __attribute__((aligned(64)));
+  int32_t c0[MB][MQ_LINEAR_NR] __attribute__((aligned(64))), c1[MB][MQ_LINEAR_NR] __attribute__((aligned(64)));
   __m512 facc[MB];
 #pragma GCC unroll 16
   for (int i = 0; i < MB; i++) facc[i] = b0 == 0 ? _mm512_setzero_ps() : _mm512_load_ps(sums[i]);
-  for (int64_t b = b0; b < b1; b++) {
-    block_dot(r, job, ch, b - b0, m0, b, c);
-#pragma GCC unroll 16
-    for (int i = 0; i < MB; i++)
-      facc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[i])), _mm512_set1_ps(d[i][b]), facc[i]);
+  int64_t b = b0;
+  for (; b + 1 < b1; b += 2) {
+    BLOCK_DOT(r, 0, 1, 2, job, ch, b - b0, m0, b, c0);
+    BLOCK_DOT(r, 3, 4, 5, job, ch, b + 1 - b0, m0, b + 1, c1);
+    ACCUMULATE(facc, c0, d, b);
+    ACCUMULATE(facc, c1, d, b + 1);
+  }
+  if (b < b1) {
+    BLOCK_DOT(r, 0, 1, 2, job, ch, b - b0, m0, b, c0);
+    ACCUMULATE(facc, c0, d, b);
   }
 #pragma GCC unroll 16
   for (int i = 0; i < MB; i++) _mm512_store_ps(sums[i], facc[i]);
@@ -247,19 +263,24 @@ static void int4_rows(amx_regs *r, const mq_linear_job *job, int64_t t, const am
   const int64_t group_bytes = MQ_LINEAR_INT4_GROUP_HEADER + bpg * MQ_LINEAR_INT4_BLOCK_BYTES;
   const float *d[MB], *D[MB];
   row_pointers(job, m0, mrows, d, D, job->ng);
-  int32_t c[MB][MQ_LINEAR_NR] __attribute__((aligned(64)));
+  int32_t c0[MB][MQ_LINEAR_NR] __attribute__((aligned(64))), c1[MB][MQ_LINEAR_NR] __attribute__((aligned(64)));
   if (g0 == 0)
     for (int i = 0; i < MB; i++) _mm512_store_ps(sums[i], _mm512_setzero_ps());
   for (int64_t grp = g0; grp < g1; grp++) {
     __m512 gacc[MB];
 #pragma GCC unroll 16
     for (int i = 0; i < MB; i++) gacc[i] = _mm512_setzero_ps();
-    for (int64_t bb = 0; bb < bpg; bb++) {
-      const int64_t b = grp * bpg + bb;
-      block_dot(r, job, ch, (grp - g0) * bpg + bb, m0, b, c);
-#pragma GCC unroll 16
-      for (int i = 0; i < MB; i++)
-        gacc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[i])), _mm512_set1_ps(d[i][b]), gacc[i]);
+    const int64_t bi0 = (grp - g0) * bpg, bg = grp * bpg; /* chunk / job index of its first block */
+    int64_t bb = 0;
+    for (; bb + 1 < bpg; bb += 2) {
+      BLOCK_DOT(r, 0, 1, 2, job, ch, bi0 + bb, m0, bg + bb, c0);
+      BLOCK_DOT(r, 3, 4, 5, job, ch, bi0 + bb + 1, m0, bg + bb + 1, c1);
+      ACCUMULATE(gacc, c0, d, bg + bb);
+      ACCUMULATE(gacc, c1, d, bg + bb + 1);
+    }
+    if (bb < bpg) {
+      BLOCK_DOT(r, 0, 1, 2, job, ch, bi0 + bb, m0, bg + bb, c0);
+      ACCUMULATE(gacc, c0, d, bg + bb);
     }
     /* as int4_group_params in linear_avx512.c */
     const uint8_t *hdr = job->tiles + t * job->tile_bytes + grp * group_bytes;
@@ -373,11 +394,10 @@ static int64_t dot_u8s8_amx(const uint8_t *xu, const int8_t *ws, int64_t len) {
   return mq_linear_kernels_avx512_vnni.dot_u8s8(xu, ws, len);
 }
 
-/* From this batch on the tiles run (one 16-row tile is the unit; below it the rows kernels of
- * avx512_vnni waste less).  Not measured on AMX hardware yet: see benchmarks/RESULTS.md. */
+/* From this batch on the tiles run (a 16-row tile is the unit; below it the avx512_vnni rows
+ * kernels waste less).  A first guess, not yet measured on an AMX CPU. */
 #define MQ_AMX_MIN_M 16
 
-const mq_linear_kernels KERNELS = {NAME,          quantize_row_amx, int8_tiles_amx,
-                                   int4_tiles_amx, dot_u8s8_amx,    int8_batch_amx,
-                                   int4_batch_amx, MQ_AMX_MIN_M,    1,
+const mq_linear_kernels KERNELS = {NAME,           quantize_row_amx, int8_tiles_amx, int4_tiles_amx,
+                                   dot_u8s8_amx,   int8_batch_amx,   int4_batch_amx, MQ_AMX_MIN_M,
                                    1,              NAME};
