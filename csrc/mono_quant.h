@@ -368,15 +368,15 @@ mq_status mq_linear_int4(const void *x, mq_dtype x_dtype, int64_t m, const void 
 const char *mq_linear_isa_name(void);
 
 /*! mq_linear_batch_name() : the kernel the active path runs for batches of at least
- *  *min_batch rows ("avx512_vnni_gemm", "amx", "amx_emulated"), or NULL (*min_batch = 0) when
- *  the path runs every batch with its batch-1 kernels a few rows at a time. */
+ *  *min_batch rows ("amx", "amx_emulated"), or NULL (*min_batch = 0) when the path runs every
+ *  batch on its row kernels, a few batch rows per pass over the weights. */
 const char *mq_linear_batch_name(int64_t *min_batch);
 
 /*! mq_linear_set_gemm_min_batch() :
  *  Test and benchmark hook: batches of at least `m` rows run the batch kernel of whichever path
  *  is active (m >= 1; INT64_MAX: never), for every later forward call in the process; m = 0
  *  restores each path's measured threshold.  Results are the same either way within the
- *  documented tolerance (the avx512_vnni and amx paths: the same bits).
+ *  documented tolerance (the amx kernels and the avx512_vnni ones: the same bits).
  *  @return the previous override (0 = none). */
 int64_t mq_linear_set_gemm_min_batch(int64_t m);
 

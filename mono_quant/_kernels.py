@@ -631,11 +631,12 @@ def linear_isa_supported(name: str) -> bool:
 
 def linear_batch_path() -> tuple[str, int] | None:
     """The kernel the active Linear path runs for batches and the batch it starts at, e.g.
-    ``("avx512_vnni_gemm", 16)`` or ``("amx", 16)``; None when every batch runs the batch-1
-    kernels a few rows at a time (portable, avx2) or without the C build.
+    ``("amx", 16)`` on a CPU with AMX-INT8; None when every batch runs the path's row kernels
+    (a few batch rows per pass over the weights: portable, avx2, avx512_vnni) or without the
+    C build.
 
-    >>> linear_batch_path()
-    ('avx512_vnni_gemm', 16)
+    >>> linear_batch_path()   # on a Xeon with AMX
+    ('amx', 16)
     """
     if _C is None:
         return None
@@ -646,7 +647,11 @@ def linear_batch_path() -> tuple[str, int] | None:
 
 def linear_path_text() -> str:
     """The Linear kernels in one phrase, for version strings and benchmark headers:
-    ``"avx512_vnni, batch >= 16: avx512_vnni_gemm"``."""
+    ``"avx512_vnni"``, or ``"amx, batch >= 16: amx"`` where batches run on AMX tiles.
+
+    >>> linear_path_text()
+    'avx512_vnni'
+    """
     isa = linear_isa()
     if isa is None:
         return "none (C extension not built; torch reference)"

@@ -139,8 +139,8 @@ def _playground(args: argparse.Namespace) -> int:
 
     return run(args)
 def version_text() -> str:
-    """"mono-quant 0.1.0 (torch 2.13.0+cpu, Linear kernel: avx512_vnni, batch >= 16:
-    avx512_vnni_gemm)": what ``--version`` prints."""
+    """"mono-quant 0.1.0 (torch 2.13.0+cpu, Linear kernel: avx512_vnni)" (on AMX CPUs
+    "Linear kernel: amx, batch >= 16: amx"): what ``--version`` prints."""
     import torch
 
     from . import __version__, _kernels
