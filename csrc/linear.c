@@ -275,7 +275,9 @@ static void run_job(const mq_linear_job *job, const mq_linear_kernels *kern, int
   int64_t chunk = tiles / ((int64_t)parts * MQ_LINEAR_CHUNKS_PER_THREAD);
   if (chunk < min_tiles / 2 + 1) chunk = min_tiles / 2 + 1;
   void (*fn)(const mq_linear_job *, int64_t, int64_t) = job->group ? kern->int4_tiles : kern->int8_tiles;
-  if (use_batch(kern, job->m)) fn = job->group ? kern->int4_batch : kern->int8_batch;
+  /* job->xu is checked too: the threshold hook may move between the driver's two looks */
+  if (use_batch(kern, job->m) && (job->xu != NULL || !kern->needs_xu))
+    fn = job->group ? kern->int4_batch : kern->int8_batch;
   tiles_ctx tc = {job, fn, tiles, chunk, 0};
   mq_parallel_for(parts, 1, 1, parts, run_tiles, &tc);
 }
