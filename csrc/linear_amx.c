@@ -57,9 +57,22 @@ static_assert(sizeof(amx_tilecfg) == 64, "the AMX tile configuration must be 64 
 typedef struct {
   char unused;
 } amx_regs;
-/* gcc's tile intrinsics are asm statements, and take the tile numbers as constants */
-#define AMX_CONFIG(R, cfg) do { (void)(R); _tile_loadconfig(cfg); } while (0)
-#define AMX_LOAD(R, T, base, stride) do { (void)(R); _tile_loadd(T, base, stride); } while (0)
+/* gcc's tile intrinsics are asm statements, and take the tile numbers as constants.  Two of
+ * them tell the compiler less than they read: gcc 12's _tile_loadconfig names only the first 8
+ * bytes of the 64-byte configuration, and _tile_loadd no memory at all, so stores that fill a
+ * configuration or a B tile could be dropped or moved after the instruction.  Hence our own
+ * ldtilecfg naming the whole struct, and a compiler barrier before every tile load. */
+#define AMX_CONFIG(R, cfg)                                                   \
+  do {                                                                       \
+    (void)(R);                                                               \
+    __asm__ volatile("ldtilecfg %0" ::"m"(*(const amx_tilecfg *)(cfg)));     \
+  } while (0)
+#define AMX_LOAD(R, T, base, stride)        \
+  do {                                      \
+    (void)(R);                              \
+    __asm__ volatile("" ::: "memory");      \
+    _tile_loadd(T, base, stride);           \
+  } while (0)
 #define AMX_DPBUSD(R, C, A, B) do { (void)(R); _tile_dpbusd(C, A, B); } while (0)
 #define AMX_STORE(R, T, base, stride) do { (void)(R); _tile_stored(T, base, stride); } while (0)
 #define AMX_RELEASE(R) do { (void)(R); _tile_release(); } while (0)
