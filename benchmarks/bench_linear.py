@@ -364,7 +364,7 @@ def report(rows, steady, bws, threads, repeats, args, load_before, load_after) -
         "",
         f"Command: `{cmd}`  ",
         f"Date: {datetime.datetime.now().isoformat(timespec='minutes')}; {cpu}; {threads} threads; "
-        f"torch {torch.__version__}; mono_quant path `{K.linear_isa()}`, threads "
+        f"torch {torch.__version__}; mono_quant path `{K.linear_path_text()}`, threads "
         f"`{K.cpu_features()['threads']}`  ",
         f"Median of {repeats} interleaved calls per cell (fewer, at least 5, for contenders "
         f"slower than {CELL_BUDGET_S:.0f} s per cell), float32 activations, each contender "

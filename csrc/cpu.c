@@ -2,16 +2,42 @@
  * cpu.c : which SIMD paths this CPU and OS can run.  CPUID says what the core implements;
  * XGETBV says whether the OS saves the wide registers across context switches.  Both are
  * needed: an AVX-512 core under an OS that does not save ZMM state must not use AVX-512.
- * MONO_QUANT_DISABLE_SIMD=1 in the environment forces the portable path (tests use it).
+ * MONO_QUANT_DISABLE_SIMD=1 in the environment forces the portable path (tests use it);
+ * MONO_QUANT_DISABLE_AMX=1 turns off the AMX tiles alone.
+ *
+ * AMX needs three things: CPUID says the core has AMX-TILE and AMX-INT8, XCR0 says the OS
+ * saves the tile state, and (Linux) the process is granted the 8 KB tile data state by
+ * arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA): until then the first tile instruction
+ * faults.  The request is made once, here, when detection first runs.  On other OSes AMX is
+ * left off (untested there).
  */
+#define _GNU_SOURCE /* syscall() */
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "mono_quant.h"
 
+static int env_flag(const char *name) {
+  const char *v = getenv(name);
+  return v && *v && strcmp(v, "0") != 0;
+}
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
+
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#define MQ_ARCH_REQ_XCOMP_PERM 0x1023
+#define MQ_XFEATURE_XTILEDATA 18
+/* 1 if the kernel grants this process the AMX tile data state (a no-op when already granted). */
+static int amx_permitted(void) {
+  return syscall(SYS_arch_prctl, MQ_ARCH_REQ_XCOMP_PERM, MQ_XFEATURE_XTILEDATA) == 0;
+}
+#else
+static int amx_permitted(void) { return 0; }
+#endif
 
 static uint64_t read_xcr0(void) {
   uint32_t lo, hi;
@@ -19,7 +45,7 @@ static uint64_t read_xcr0(void) {
   return ((uint64_t)hi << 32) | lo;
 }
 
-static unsigned detect(void) {
+static unsigned detect(int allow_amx) {
   unsigned a, b, c, d;
   if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
   const int has_osxsave = (c >> 27) & 1, has_fma = (c >> 12) & 1, has_f16c = (c >> 29) & 1;
@@ -33,14 +59,22 @@ static unsigned detect(void) {
   const int has_avx2 = (b >> 5) & 1;
   const int has_avx512 = ((b >> 16) & 1) && ((b >> 17) & 1) && ((b >> 30) & 1) && ((b >> 31) & 1);
   const int has_vnni = (c >> 11) & 1;
+  const int has_amx = ((d >> 24) & 1) && ((d >> 25) & 1); /* AMX-TILE, AMX-INT8 */
+  const int os_tiles = (xcr0 & (3ull << 17)) == (3ull << 17); /* XTILECFG, XTILEDATA */
   unsigned features = 0;
   if (os_ymm && has_avx2 && has_fma && has_f16c) features |= MQ_CPU_AVX2;
   if ((features & MQ_CPU_AVX2) && os_zmm && has_avx512) features |= MQ_CPU_AVX512;
   if ((features & MQ_CPU_AVX512) && has_vnni) features |= MQ_CPU_VNNI;
+  /* the AMX kernel's epilogue is AVX-512: AMX is used only on top of VNNI */
+  if (allow_amx && (features & MQ_CPU_VNNI) && has_amx && os_tiles && amx_permitted())
+    features |= MQ_CPU_AMX;
   return features;
 }
 #else
-static unsigned detect(void) { return 0; }
+static unsigned detect(int allow_amx) {
+  (void)allow_amx;
+  return 0;
+}
 #endif
 
 /* The CPU-feature cache: written once, the same value by whichever thread gets there. */
@@ -49,8 +83,7 @@ static atomic_uint cached = 0; /* bit 31 marks "detected" */
 unsigned mq_cpu_detect(void) {
   unsigned v = atomic_load(&cached);
   if (v & 0x80000000u) return v & 0x7fffffffu;
-  const char *off = getenv("MONO_QUANT_DISABLE_SIMD");
-  unsigned features = (off && *off && strcmp(off, "0") != 0) ? 0u : detect();
+  unsigned features = env_flag("MONO_QUANT_DISABLE_SIMD") ? 0u : detect(!env_flag("MONO_QUANT_DISABLE_AMX"));
   atomic_store(&cached, features | 0x80000000u);
   return features;
 }
@@ -61,25 +94,34 @@ unsigned mq_cpu_detect(void) {
  * dispatch table's own slot, and nowhere else. */
 #include "linear.h"
 
-static const mq_linear_kernels *const linear_paths[] = {
-    &mq_linear_kernels_portable,
+#define VNNI_NEEDS (MQ_CPU_AVX2 | MQ_CPU_AVX512 | MQ_CPU_VNNI)
+typedef struct {
+  const mq_linear_kernels *kern;
+  unsigned needs;
+  int test_only; /* never picked as the best: runs only when a test forces it */
+} linear_path;
+
+static const linear_path linear_paths[] = {
+    {&mq_linear_kernels_portable, 0u, 0},
 #if defined(__x86_64__)
-    &mq_linear_kernels_avx2,
-    &mq_linear_kernels_avx512_vnni,
+    {&mq_linear_kernels_avx2, MQ_CPU_AVX2, 0},
+    {&mq_linear_kernels_avx512_vnni, VNNI_NEEDS, 0},
+    /* the AMX kernel with its tile instructions emulated in C: tests its data movement here */
+    {&mq_linear_kernels_amx_emulated, VNNI_NEEDS, 1},
+#if defined(MQ_HAVE_AMX)
+    {&mq_linear_kernels_amx, VNNI_NEEDS | MQ_CPU_AMX, 0},
+#endif
 #endif
 };
 #define LINEAR_PATHS ((int)(sizeof linear_paths / sizeof linear_paths[0]))
 
-static unsigned linear_path_needs(int index) {
-  static const unsigned needs[3] = {0u, MQ_CPU_AVX2, MQ_CPU_AVX2 | MQ_CPU_AVX512 | MQ_CPU_VNNI};
-  return needs[index];
-}
+static unsigned linear_path_needs(int index) { return linear_paths[index].needs; }
 
 static int linear_best(void) {
   const unsigned have = mq_cpu_detect();
   int best = 0;
   for (int i = 0; i < LINEAR_PATHS; i++)
-    if ((have & linear_path_needs(i)) == linear_path_needs(i)) best = i;
+    if (!linear_paths[i].test_only && (have & linear_path_needs(i)) == linear_path_needs(i)) best = i;
   return best;
 }
 
@@ -92,15 +134,31 @@ const mq_linear_kernels *mq_linear_active(void) {
     v = linear_best() + 1;
     atomic_store(&linear_active, v);
   }
-  return linear_paths[v - 1];
+  return linear_paths[v - 1].kern;
 }
 
 const char *mq_linear_isa_name(void) { return mq_linear_active()->name; }
 
 static int linear_find(const char *name) {
   for (int i = 0; i < LINEAR_PATHS; i++)
-    if (strcmp(linear_paths[i]->name, name) == 0) return i;
+    if (strcmp(linear_paths[i].kern->name, name) == 0) return i;
   return -1;
+}
+
+/* Batch-kernel threshold override (mq_linear_set_gemm_min_batch); 0 = each path's own. */
+static atomic_llong gemm_min_override = 0;
+
+int64_t mq_linear_gemm_min_batch(const mq_linear_kernels *kern) {
+  const int64_t v = atomic_load(&gemm_min_override);
+  return v > 0 ? v : kern->batch_min_m;
+}
+
+int64_t mq_linear_set_gemm_min_batch(int64_t m) { return atomic_exchange(&gemm_min_override, m < 0 ? 0 : m); }
+
+const char *mq_linear_batch_name(int64_t *min_batch) {
+  const mq_linear_kernels *kern = mq_linear_active();
+  *min_batch = kern->int8_batch ? mq_linear_gemm_min_batch(kern) : 0;
+  return kern->int8_batch ? kern->batch_name : NULL;
 }
 
 int mq_linear_isa_supported(const char *name) {

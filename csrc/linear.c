@@ -261,6 +261,11 @@ static void run_tiles(void *ctx, int64_t part_begin, int64_t part_end) {
 
 static size_t align64(size_t v) { return (v + 63) & ~(size_t)63; }
 
+/* Whether a call with m batch rows runs the path's batch (GEMM) kernels. */
+static int use_batch(const mq_linear_kernels *kern, int64_t m) {
+  return kern->int8_batch != NULL && m >= mq_linear_gemm_min_batch(kern);
+}
+
 /* Run every tile of `job` on up to num_threads threads. */
 static void run_job(const mq_linear_job *job, const mq_linear_kernels *kern, int num_threads) {
   const int64_t tiles = tiles_of(job->n);
@@ -269,7 +274,11 @@ static void run_job(const mq_linear_job *job, const mq_linear_kernels *kern, int
   const int parts = mq_parallel_parts(tiles, min_tiles, 1, num_threads);
   int64_t chunk = tiles / ((int64_t)parts * MQ_LINEAR_CHUNKS_PER_THREAD);
   if (chunk < min_tiles / 2 + 1) chunk = min_tiles / 2 + 1;
-  tiles_ctx tc = {job, job->group ? kern->int4_tiles : kern->int8_tiles, tiles, chunk, 0};
+  void (*fn)(const mq_linear_job *, int64_t, int64_t) = job->group ? kern->int4_tiles : kern->int8_tiles;
+  /* job->xu is checked too: the threshold hook may move between the driver's two looks */
+  if (use_batch(kern, job->m) && (job->xu != NULL || !kern->needs_xu))
+    fn = job->group ? kern->int4_batch : kern->int8_batch;
+  tiles_ctx tc = {job, fn, tiles, chunk, 0};
   mq_parallel_for(parts, 1, 1, parts, run_tiles, &tc);
 }
 
@@ -305,6 +314,7 @@ static mq_status run_shifted_rows(const mq_linear_job *job, const int32_t *shift
     mq_linear_job sub = *job;
     sub.m = r1 - r0;
     sub.xq = job->xq + r0 * job->kp;
+    sub.xu = job->xu ? job->xu + r0 * job->kp : NULL;
     sub.d = job->d + r0 * nb;
     sub.acc_start = job->acc_start + r0 * nb;
     sub.corr = job->corr + r0 * per_row_corr;
@@ -349,7 +359,12 @@ static mq_status forward(const void *x, mq_dtype x_dtype, int64_t m, const void 
   const size_t off_corr = off_asum + align64(sizeof(int32_t) * (size_t)(m * nb));
   const size_t off_shift = off_corr + align64(sizeof(float) * (size_t)(m * ng));
   const size_t off_bias = off_shift + align64(sizeof(int32_t) * (size_t)m);
-  const size_t total = off_bias + align64(need_bias ? sizeof(float) * (size_t)n : 0);
+  /* batch kernels that take unsigned activations (AMX): xq ^ 0x80, then 15 zero rows, so a
+   * 16-row block starting at any row < m (also of a sub-job below) stays inside */
+  const int need_xu = kern->needs_xu && use_batch(kern, m);
+  const int64_t mpad = m + 15;
+  const size_t off_xu = off_bias + align64(need_bias ? sizeof(float) * (size_t)n : 0);
+  const size_t total = off_xu + (need_xu ? align64((size_t)(mpad * kp)) : 0);
   char *scratch = aligned_alloc(64, total);
   if (scratch == NULL) return MQ_ERR_NOMEM;
 
@@ -395,11 +410,19 @@ static mq_status forward(const void *x, mq_dtype x_dtype, int64_t m, const void 
     bias_f32 = b32;
   }
 
+  uint8_t *xu = NULL;
+  if (need_xu) {
+    xu = (uint8_t *)(scratch + off_xu);
+    const uint8_t *src = (const uint8_t *)aj.xq;
+    for (int64_t i = 0; i < m * kp; i++) xu[i] = (uint8_t)(src[i] ^ 0x80u);
+    memset(xu + m * kp, 0, (size_t)((mpad - m) * kp));
+  }
+
   const mq_linear_job job = {
       .tiles = (const uint8_t *)packed + sizeof(mq_linear_header),
       .tile_bytes = g ? int4_tile_bytes(k, g) : int8_tile_bytes(kp),
       .n = n, .k = k, .kp = kp, .nb = nb, .group = g, .ng = g ? ng : 0, .m = m,
-      .xq = aj.xq, .d = aj.d, .acc_start = aj.asum, .corr = corr, .bias = bias_f32,
+      .xq = aj.xq, .xu = xu, .d = aj.d, .acc_start = aj.asum, .corr = corr, .bias = bias_f32,
       .out = out, .out_dtype = x_dtype,
   };
   if (shifted < m) run_job(&job, kern, num_threads); /* shifted rows are overwritten below */

@@ -59,6 +59,15 @@
  *     D[j] = sum_{b in j} d[b] * asum[b]
  * The sums over b run in order; SIMD paths use fused multiply-adds, the portable path does
  * not, so paths agree to float32 rounding (see mono_quant.h for the documented tolerance).
+ *
+ * ---- batch kernels ------------------------------------------------------------------------
+ * A path may add batch kernels (int8_batch / int4_batch) that run instead of its tiles from
+ * batch_min_m rows on.  The amx path's (linear_amx.c) take the activations as unsigned bytes
+ * xu = xq + 128 (job->xu, made once per call by the driver) against signed weights, with
+ * tdpbusd's C starting at -128 * the block's weight sum, so they compute the same exact dot[b]
+ * and then the same float operations as avx512_vnni: the same bits.  The avx512_vnni path
+ * has none: its tiles already take up to 2 tiles x 4 rows per pass, near the core's vpdpbusd
+ * rate (a cache-blocked GEMM measured 2-6% slower).
  */
 #ifndef MQ_LINEAR_H
 #define MQ_LINEAR_H
@@ -122,6 +131,8 @@ typedef struct {
   int64_t group, ng;     /* INT4: group size and k / group; INT8: 0, 0 */
   int64_t m;             /* batch rows */
   const int8_t *xq;      /* [m][kp] */
+  const uint8_t *xu;     /* batch kernels with needs_xu: xq ^ 0x80 (= xq + 128), [m + 15][kp],
+                          * rows past m zero (16 rows from any row < m are readable); else NULL */
   const float *d;        /* [m][nb] */
   const int32_t *acc_start; /* [m][nb]: -128 * asum, where a VNNI INT8 block sum starts */
   const float *corr;     /* INT8: S, [m]; INT4: D, [m][ng] */
@@ -140,6 +151,15 @@ typedef struct {
   void (*int4_tiles)(const mq_linear_job *job, int64_t t0, int64_t t1);
   /* Static INT8 (linear_static.c): sum_i xu[i] * ws[i], exact, for len <= MQ_LINEAR_STATIC_BLOCK */
   int64_t (*dot_u8s8)(const uint8_t *xu, const int8_t *ws, int64_t len);
+  /* Batch (GEMM) kernels, or NULL: run tiles [t0, t1) for every batch row, used instead of
+   * int8_tiles / int4_tiles when m >= batch_min_m (measured per path; mq_linear_set_gemm_min_batch
+   * overrides it).  Every output element is computed by the same operations in the same order
+   * wherever its tile and row fall, so results do not depend on the thread count. */
+  void (*int8_batch)(const mq_linear_job *job, int64_t t0, int64_t t1);
+  void (*int4_batch)(const mq_linear_job *job, int64_t t0, int64_t t1);
+  int64_t batch_min_m;
+  int needs_xu;           /* the batch kernels read job->xu */
+  const char *batch_name; /* what reports name the batch path */
 } mq_linear_kernels;
 
 /* Longest run dot_u8s8 takes: 32768 * 255 * 128 < 2^31, so int32 partial sums cannot overflow. */
@@ -149,9 +169,15 @@ typedef struct {
 extern const mq_linear_kernels mq_linear_kernels_portable;
 extern const mq_linear_kernels mq_linear_kernels_avx2;
 extern const mq_linear_kernels mq_linear_kernels_avx512_vnni;
+extern const mq_linear_kernels mq_linear_kernels_amx;          /* real AMX-INT8 tiles */
+extern const mq_linear_kernels mq_linear_kernels_amx_emulated; /* the same kernel, tiles in C */
 
 /*! mq_linear_active() : the kernel table picked in cpu.c (best available, or the override). */
 const mq_linear_kernels *mq_linear_active(void);
+
+/*! mq_linear_gemm_min_batch() : the batch from which `kern`'s batch kernels run: its measured
+ *  batch_min_m, unless mq_linear_set_gemm_min_batch overrode it (cpu.c). */
+int64_t mq_linear_gemm_min_batch(const mq_linear_kernels *kern);
 
 /* ---- helpers shared by every path ------------------------------------------------------- */
 

@@ -252,4 +252,5 @@ static int64_t dot_u8s8_avx2(const uint8_t *xu, const int8_t *ws, int64_t len) {
 }
 
 const mq_linear_kernels mq_linear_kernels_avx2 = {"avx2", quantize_row_avx2, int8_tiles_avx2,
-                                                  int4_tiles_avx2, dot_u8s8_avx2};
+                                                  int4_tiles_avx2, dot_u8s8_avx2,
+                                                  NULL, NULL, 0, 0, NULL}; /* no batch kernels */

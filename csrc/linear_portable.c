@@ -122,4 +122,5 @@ static int64_t dot_u8s8_portable(const uint8_t *xu, const int8_t *ws, int64_t le
 }
 
 const mq_linear_kernels mq_linear_kernels_portable = {
-    "portable", quantize_row_portable, int8_tiles_portable, int4_tiles_portable, dot_u8s8_portable};
+    "portable", quantize_row_portable, int8_tiles_portable, int4_tiles_portable, dot_u8s8_portable,
+    NULL, NULL, 0, 0, NULL}; /* no batch kernels: every batch runs the tiles above */

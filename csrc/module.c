@@ -67,6 +67,11 @@ static PyMethodDef methods[] = {
      "threadpool_backoff_step(until, backoff, start, began, done, end) -> (until, backoff, contended)."},
     {"threadpool_back_off_for", py_threadpool_back_off_for, METH_VARARGS,
      "threadpool_back_off_for(seconds): test hook, run jobs on the calling thread alone for that long."},
+    {"linear_isa_supported", py_linear_isa_supported, METH_VARARGS,
+     "linear_isa_supported(name) -> bool: whether Linear path `name` (also 'amx_emulated') can run here."},
+    {"set_linear_gemm_min_batch", py_set_linear_gemm_min_batch, METH_VARARGS,
+     "set_linear_gemm_min_batch(m) -> int: test hook, batches of >= m rows run the batch kernel "
+     "(0 = each path's own threshold); returns the previous."},
     /* GPTQ */
     {"gptq_hessian_add", py_gptq_hessian_add, METH_VARARGS,
      "gptq_hessian_add(x[rows,k], mask[rows] uint8 or None, h[k,k] float64, num_threads) -> int: "

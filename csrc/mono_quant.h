@@ -67,9 +67,13 @@ enum {
   MQ_CPU_AVX2 = 1u << 0,   /* AVX2 + FMA + F16C, and the OS saves YMM state */
   MQ_CPU_AVX512 = 1u << 1, /* AVX-512 F/BW/VL/DQ, and the OS saves ZMM state */
   MQ_CPU_VNNI = 1u << 2,   /* AVX-512 VNNI (vpdpbusd) */
+  MQ_CPU_AMX = 1u << 3,    /* AMX-TILE + AMX-INT8 (tdpbusd), the OS saves tile state, and (Linux)
+                            * arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) granted it */
 };
-/*! mq_cpu_detect() : @return the MQ_CPU_* bits this CPU and OS support (CPUID + XGETBV).
- *  Detection runs once; the result is cached. */
+/*! mq_cpu_detect() : @return the MQ_CPU_* bits this CPU and OS support (CPUID + XGETBV; for
+ *  AMX also the Linux permission request, made once here).  Detection runs once; the result is
+ *  cached.  MONO_QUANT_DISABLE_SIMD=1 in the environment clears every bit (portable paths
+ *  only); MONO_QUANT_DISABLE_AMX=1 clears MQ_CPU_AMX alone (and skips the request). */
 unsigned mq_cpu_detect(void);
 
 /* ---- reductions (metrics.c) ----------------------------------------------------------- */
@@ -307,7 +311,7 @@ mq_status mq_gptq_set_isa(const char *name);
  * products and apply the activation and weight scales in float32.  The only approximation
  * against float math on the dequantized weight is that rounding of the activations:
  *     |y - x . w_hat| <= sum_blocks (d_b / 2) * sum_{k in b} |w_hat[n][k]|  (+ float32 rounding).
- * All paths (portable, avx2, avx512_vnni) and the torch twin mono_quant/_reference.py compute
+ * All paths (portable, avx2, avx512_vnni, amx) and the torch twin mono_quant/_reference.py compute
  * the same integers; they differ only in float32 summation order and fused multiply-adds:
  *     |y_path - y_twin| <= 2^-20 * A + one unit in the last place of out_dtype,
  * where A is the same sum taken over absolute values of every term.  Results do not depend
@@ -358,16 +362,31 @@ mq_status mq_linear_int4(const void *x, mq_dtype x_dtype, int64_t m, const void 
                          int64_t packed_bytes, int64_t n, int64_t k, int64_t group_size,
                          const void *bias, mq_dtype bias_dtype, void *out, int num_threads);
 
-/*! mq_linear_isa_name() : the forward path in use: "portable", "avx2" or "avx512_vnni". */
+/*! mq_linear_isa_name() : the forward path in use: "portable", "avx2", "avx512_vnni" or "amx"
+ *  (AMX-INT8 tiles for batches, avx512_vnni otherwise); "amx_emulated" only when a test forced
+ *  it: the AMX kernel with its tile instructions computed in C, for CPUs without AMX. */
 const char *mq_linear_isa_name(void);
+
+/*! mq_linear_batch_name() : the kernel the active path runs for batches of at least
+ *  *min_batch rows ("amx", "amx_emulated"), or NULL (*min_batch = 0) when the path runs every
+ *  batch on its row kernels, a few batch rows per pass over the weights. */
+const char *mq_linear_batch_name(int64_t *min_batch);
+
+/*! mq_linear_set_gemm_min_batch() :
+ *  Test and benchmark hook: batches of at least `m` rows run the batch kernel of whichever path
+ *  is active (m >= 1; INT64_MAX: never), for every later forward call in the process; m = 0
+ *  restores each path's measured threshold.  Results are the same either way within the
+ *  documented tolerance (the amx kernels and the avx512_vnni ones: the same bits).
+ *  @return the previous override (0 = none). */
+int64_t mq_linear_set_gemm_min_batch(int64_t m);
 
 /*! mq_linear_isa_supported() : 1 if path `name` can run on this CPU (and SIMD is not disabled
  *  by MONO_QUANT_DISABLE_SIMD), else 0. */
 int mq_linear_isa_supported(const char *name);
 
 /*! mq_linear_set_isa() :
- *  Test hook: use path `name` ("portable", "avx2", "avx512_vnni", or "auto" for the best
- *  supported one) for every later forward call in the process.
+ *  Test hook: use path `name` ("portable", "avx2", "avx512_vnni", "amx", "amx_emulated", or
+ *  "auto" for the best supported one) for every later forward call in the process.
  *  @return MQ_ERR_ARG for an unknown name or a path this CPU cannot run. */
 mq_status mq_linear_set_isa(const char *name);
 

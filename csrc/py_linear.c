@@ -10,10 +10,13 @@ PyObject *py_cpu_features(PyObject *self, PyObject *args) {
   (void)self;
   (void)args;
   unsigned f = mq_cpu_detect();
-  return Py_BuildValue("{s:O,s:O,s:O,s:s,s:s}", "avx2", (f & MQ_CPU_AVX2) ? Py_True : Py_False,
+  int64_t min_batch;
+  const char *batch = mq_linear_batch_name(&min_batch);
+  return Py_BuildValue("{s:O,s:O,s:O,s:O,s:s,s:z,s:L,s:s}", "avx2", (f & MQ_CPU_AVX2) ? Py_True : Py_False,
                        "avx512", (f & MQ_CPU_AVX512) ? Py_True : Py_False, "avx512_vnni",
-                       (f & MQ_CPU_VNNI) ? Py_True : Py_False, "linear_kernel", mq_linear_isa_name(),
-                       "threads", mq_threadpool_kind());
+                       (f & MQ_CPU_VNNI) ? Py_True : Py_False, "amx", (f & MQ_CPU_AMX) ? Py_True : Py_False,
+                       "linear_kernel", mq_linear_isa_name(), "linear_batch_kernel", batch,
+                       "linear_batch_min", (long long)min_batch, "threads", mq_threadpool_kind());
 }
 
 /* ---- static quantization: integer x integer linear ----------------------------------------- */
@@ -249,7 +252,7 @@ PyObject *py_linear_int4(PyObject *self, PyObject *args) {
   return linear_call(args, 1);
 }
 
-static const char *const linear_isa_names[] = {"portable", "avx2", "avx512_vnni"};
+static const char *const linear_isa_names[] = {"portable", "avx2", "avx512_vnni", "amx"};
 
 PyObject *py_linear_isas(PyObject *self, PyObject *args) {
   (void)self;
@@ -269,4 +272,22 @@ PyObject *py_set_linear_isa(PyObject *self, PyObject *args) {
     return NULL;
   }
   return PyUnicode_FromString(before);
+}
+
+PyObject *py_linear_isa_supported(PyObject *self, PyObject *args) {
+  (void)self;
+  const char *name;
+  if (!PyArg_ParseTuple(args, "s:linear_isa_supported", &name)) return NULL;
+  return PyBool_FromLong(mq_linear_isa_supported(name));
+}
+
+PyObject *py_set_linear_gemm_min_batch(PyObject *self, PyObject *args) {
+  (void)self;
+  long long m;
+  if (!PyArg_ParseTuple(args, "L:set_linear_gemm_min_batch", &m)) return NULL;
+  if (m < 0) {
+    PyErr_Format(PyExc_ValueError, "min_batch must be >= 0 (0 = each path's own threshold); got %lld", m);
+    return NULL;
+  }
+  return PyLong_FromLongLong((long long)mq_linear_set_gemm_min_batch((int64_t)m));
 }

@@ -28,6 +28,8 @@ PyObject *py_linear_int8(PyObject *self, PyObject *args);
 PyObject *py_linear_int4(PyObject *self, PyObject *args);
 PyObject *py_linear_isas(PyObject *self, PyObject *args);
 PyObject *py_set_linear_isa(PyObject *self, PyObject *args);
+PyObject *py_linear_isa_supported(PyObject *self, PyObject *args);
+PyObject *py_set_linear_gemm_min_batch(PyObject *self, PyObject *args);
 PyObject *py_gptq_hessian_add(PyObject *self, PyObject *args);
 PyObject *py_gptq_int4(PyObject *self, PyObject *args);
 PyObject *py_gptq_isas(PyObject *self, PyObject *args);

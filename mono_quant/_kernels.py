@@ -615,8 +615,66 @@ def linear_isas() -> list[str]:
 
 
 def linear_isa() -> str | None:
-    """The quantized Linear path in use ("portable", "avx2" or "avx512_vnni")."""
+    """The quantized Linear path in use ("portable", "avx2", "avx512_vnni" or "amx")."""
     return None if _C is None else _C.cpu_features()["linear_kernel"]
+
+
+def linear_isa_supported(name: str) -> bool:
+    """Whether Linear path ``name`` can run here; also knows the test-only ``"amx_emulated"``
+    (the AMX kernel with its tile instructions computed in C, on any AVX-512 VNNI CPU).
+
+    >>> linear_isa_supported("amx_emulated")
+    True
+    """
+    return _C is not None and bool(_C.linear_isa_supported(name))
+
+
+def linear_batch_path() -> tuple[str, int] | None:
+    """The kernel the active Linear path runs for batches and the batch it starts at, e.g.
+    ``("amx", 16)`` on a CPU with AMX-INT8; None when every batch runs the path's row kernels
+    (a few batch rows per pass over the weights: portable, avx2, avx512_vnni) or without the
+    C build.
+
+    >>> linear_batch_path()   # on a Xeon with AMX
+    ('amx', 16)
+    """
+    if _C is None:
+        return None
+    feats = _C.cpu_features()
+    name = feats["linear_batch_kernel"]
+    return None if name is None else (name, int(feats["linear_batch_min"]))
+
+
+def linear_path_text() -> str:
+    """The Linear kernels in one phrase, for version strings and benchmark headers:
+    ``"avx512_vnni"``, or ``"amx, batch >= 16: amx"`` where batches run on AMX tiles.
+
+    >>> linear_path_text()
+    'avx512_vnni'
+    """
+    isa = linear_isa()
+    if isa is None:
+        return "none (C extension not built; torch reference)"
+    batch = linear_batch_path()
+    return isa if batch is None else f"{isa}, batch >= {batch[1]}: {batch[0]}"
+
+
+@contextlib.contextmanager
+def use_linear_gemm_min_batch(m: int) -> Iterator[None]:
+    """Test and benchmark hook: batches of at least ``m`` rows run the active path's batch
+    (GEMM) kernel inside the ``with`` block (``m = 2**62``: never; process-wide, not
+    thread-safe). Results agree within the documented tolerance either way.
+
+    >>> with use_linear_gemm_min_batch(1):
+    ...     y = linear_int8(x, packed, 64, 32)
+    """
+    if _C is None:
+        raise RuntimeError(f"the C extension mono_quant._C is not built ({_C_IMPORT_ERROR})")
+    before = _C.set_linear_gemm_min_batch(m)
+    try:
+        yield
+    finally:
+        _C.set_linear_gemm_min_batch(before)
 
 
 @contextlib.contextmanager

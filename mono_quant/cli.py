@@ -139,13 +139,13 @@ def _playground(args: argparse.Namespace) -> int:
 
     return run(args)
 def version_text() -> str:
-    """"mono-quant 0.1.0 (torch 2.13.0+cpu, Linear kernel: avx512_vnni)": what ``--version`` prints."""
+    """"mono-quant 0.1.0 (torch 2.13.0+cpu, Linear kernel: avx512_vnni)" (on AMX CPUs
+    "Linear kernel: amx, batch >= 16: amx"): what ``--version`` prints."""
     import torch
 
     from . import __version__, _kernels
 
-    kernel = _kernels.linear_isa() or "none (C extension not built; torch reference)"
-    return f"{PROG} {__version__} (torch {torch.__version__}, Linear kernel: {kernel})"
+    return f"{PROG} {__version__} (torch {torch.__version__}, Linear kernel: {_kernels.linear_path_text()})"
 
 
 # Option types: argparse turns their ArgumentTypeError into "argument --x: <message>" (exit 2).
