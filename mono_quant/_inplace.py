@@ -66,7 +66,7 @@ def quantize_state_dict_in_place(state_dict: Mapping[str, Any], schemes: Any, in
 
 
 def _convert(prefix: str, tensors: Mapping[str, torch.Tensor], schemes: Any):
-    scheme = schemes.for_layer(prefix)
+    scheme = schemes.for_layer(prefix, tensors=tensors)
     reason = state_skip_reason(prefix, tensors, scheme)
     if reason is None:
         return scheme.convert_state(prefix, tensors)

@@ -36,6 +36,9 @@ DEFAULT_FLOAT_TYPES: tuple[type[nn.Module], ...] = (
     nn.BatchNorm3d,
 ) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
 
+_TABLES = (nn.Embedding, nn.EmbeddingBag)
+
+
 def name_matches(name: str, pattern: str) -> bool:
     """True when module ``name`` or one of its parents equals ``pattern``, ends with
     ``"." + pattern``, or matches it as an fnmatch pattern (``*``, ``?``, ``[...]``).
@@ -156,8 +159,10 @@ def _type_reason(cls: type[nn.Module], config: QuantizationConfig, scheme: Schem
         return f"type {cls.__name__} is not in layer_types ({', '.join(map(_spec_name, config.layer_types))})"
     if scheme.whole_model:
         return None
-    if not chosen and issubclass(cls, DEFAULT_FLOAT_TYPES):
-        return f"{cls.__name__} stays float (embeddings and norms are not quantized by default)"
+    converts_kind = any(issubclass(cls, t) for t in scheme.supported_types)
+    if not chosen and issubclass(cls, DEFAULT_FLOAT_TYPES) and not converts_kind:
+        hint = "; pass quantize_embeddings=True to make embeddings INT8" if issubclass(cls, _TABLES) else ""
+        return f"{cls.__name__} stays float (embeddings and norms are not quantized by default{hint})"
     if cls not in scheme.supported_types:
         supported = ", ".join(t.__name__ for t in scheme.supported_types)
         parent = next((t for t in scheme.supported_types if issubclass(cls, t)), None)
@@ -248,10 +253,10 @@ def _state_type_reason(
     if config.layer_types and not chosen:
         what = f"a {kind}-like weight" if kind else "not a Linear- or Conv2d-like weight"
         return f"{what}, not in layer_types ({', '.join(map(_spec_name, config.layer_types))})"
-    if kind == "Embedding" and not chosen and not whole_model:
+    if kind == "Embedding" and not chosen and not whole_model and not config.quantize_embeddings:
         return (
             "its name says it is an embedding, and embeddings stay float; "
-            "pass layer_types=['Embedding'] to quantize it"
+            "pass quantize_embeddings=True to make it INT8 per row"
         )
     return None
 

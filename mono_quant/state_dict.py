@@ -62,7 +62,7 @@ def quantize_state_dict(state_dict: Mapping[str, Any], schemes: Any, info: Quant
 
 def convert_state_layer(prefix: str, tensors: Mapping[str, torch.Tensor], schemes: Any):
     """The new entries of one state_dict layer (copies when it is skipped) and its record."""
-    scheme = schemes.for_layer(prefix) if hasattr(schemes, "for_layer") else schemes
+    scheme = schemes.for_layer(prefix, tensors=tensors) if hasattr(schemes, "for_layer") else schemes
     reason = state_skip_reason(prefix, tensors, scheme)
     if reason is None:
         return scheme.convert_state(prefix, tensors)

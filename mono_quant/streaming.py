@@ -108,7 +108,7 @@ def quantize_layers(source: Checkpoint, only: set[str] | None, sink, schemes: La
     layers, checksums = {}, {}
     with torch.no_grad():
         for prefix, tensors in source.layers(only):
-            scheme = schemes.for_layer(prefix)
+            scheme = schemes.for_layer(prefix, tensors=tensors)
             reason = state_skip_reason(prefix, tensors, scheme)
             if reason is None:
                 out, record = scheme.convert_state(prefix, tensors)

@@ -67,3 +67,16 @@ def format_for_state(tensors: Mapping[str, torch.Tensor]) -> tuple[LayerFormat, 
         if params is not None:
             return fmt, params
     return None
+
+
+def format_for_float_module(tensors: Mapping[str, torch.Tensor], module: nn.Module) -> tuple[LayerFormat, dict[str, Any]] | None:
+    """The format (and params) that reads a state_dict layer's tensors (keys without the
+    prefix) AND replaces float ``module``'s type, or None: a file made from a state_dict
+    records a layer by its tensors alone, which an INT8 Linear and an INT8 embedding table
+    share; the model being loaded says which one it is."""
+    for fmt in _BY_KIND.values():
+        if type(module) in fmt.float_types:
+            params = fmt.params_from_state(fmt.to_module_names(tensors))
+            if params is not None:
+                return fmt, params
+    return None

@@ -338,7 +338,7 @@ def _select_layers(model: nn.Module, schemes: LayerSchemes, info: QuantizationIn
         tensors = own_tensors(module)
         if not tensors:
             continue
-        scheme = schemes.for_layer(name)
+        scheme = schemes.for_layer(name, module)
         reason = module_skip_reason(name, module, scheme, owners, check_values=False)
         if reason is None and name in tied:
             reason = "its weight is tied to another module's by the model's config; both stay float"

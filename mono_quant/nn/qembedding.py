@@ -82,5 +82,5 @@ def table_options(config: QuantizationConfig | None, symmetric: bool | None) -> 
     """
     config = QuantizationConfig() if config is None else config
     if symmetric is None:
-        symmetric = config.symmetric if config.symmetric_given and config.dtype == "int8" else False
+        symmetric = config.symmetric if config.symmetric_given else False
     return bool(symmetric), bool(config.per_channel)
