@@ -80,3 +80,15 @@ def format_for_float_module(tensors: Mapping[str, torch.Tensor], module: nn.Modu
             if params is not None:
                 return fmt, params
     return None
+
+
+def format_for_layer_of(fmt: LayerFormat, params: Mapping[str, Any], module: nn.Module) -> tuple[LayerFormat, dict[str, Any]] | None:
+    """``format_for_float_module`` from a layer's record alone (``fmt`` and ``params``: the
+    tensors' dtypes and shapes are what the formats look at, so meta tensors stand in).
+
+    >>> format_for_layer_of(get_format("int8_linear"), params, nn.Embedding(10, 4))[0].kind
+    'int8_embedding'
+    """
+    tensors = {fmt.state_key(name): torch.empty(spec.shape, dtype=spec.dtypes[0], device="meta")
+               for name, spec in fmt.expected_tensors(params).items()}
+    return format_for_float_module(tensors, module)
