@@ -78,6 +78,10 @@ static PyMethodDef methods[] = {
      "embedding_int8_bag(q[rows,dim], scale[rows], zero_point[rows], idx[n] int64, offsets[bags+1] "
      "int64, per_sample_weights[n] float32 or None, mode (0 sum, 1 mean, 2 max), padding_idx (-1: "
      "none), out[bags,dim], num_threads): bags of rows reduced."},
+    {"embedding_isas", py_embedding_isas, METH_NOARGS,
+     "embedding_isas() -> list: the embedding loops this CPU can run, best last."},
+    {"set_embedding_isa", py_set_embedding_isa, METH_VARARGS,
+     "set_embedding_isa(name) -> str: test hook, force embedding loops ('auto' = best); returns the previous."},
     {NULL, NULL, 0, NULL},
 };
 

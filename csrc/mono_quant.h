@@ -414,6 +414,18 @@ mq_status mq_embedding_int8_bag(const void *q, mq_dtype q_dtype, const float *sc
                                 const float *per_sample_weights, mq_embedding_mode mode,
                                 int64_t padding_idx, void *out, mq_dtype out_dtype, int num_threads);
 
+/*! mq_embedding_isa_name() : the embedding loops in use: "portable", "avx2" or "avx512" (the
+ *  same C loops compiled for each ISA: the same results, faster). */
+const char *mq_embedding_isa_name(void);
+
+/*! mq_embedding_isa_supported() : 1 if loops `name` can run here (and SIMD is not disabled by
+ *  MONO_QUANT_DISABLE_SIMD), else 0. */
+int mq_embedding_isa_supported(const char *name);
+
+/*! mq_embedding_set_isa() : test hook, as mq_linear_set_isa, for the embedding loops.
+ *  @return MQ_ERR_ARG for an unknown name or loops this CPU cannot run. */
+mq_status mq_embedding_set_isa(const char *name);
+
 #ifdef __cplusplus
 }
 #endif

@@ -106,3 +106,27 @@ PyObject *py_embedding_int8_bag(PyObject *self, PyObject *args) {
   if (st != MQ_OK) return kernel_error(st, "embedding_bag");
   Py_RETURN_NONE;
 }
+
+/* ---- which loops run ------------------------------------------------------------------------ */
+
+static const char *const embedding_isa_names[] = {"portable", "avx2", "avx512"};
+
+PyObject *py_embedding_isas(PyObject *self, PyObject *args) {
+  (void)self;
+  (void)args;
+  return supported_names(embedding_isa_names, sizeof embedding_isa_names / sizeof embedding_isa_names[0],
+                         mq_embedding_isa_supported);
+}
+
+PyObject *py_set_embedding_isa(PyObject *self, PyObject *args) {
+  (void)self;
+  const char *name;
+  if (!PyArg_ParseTuple(args, "s:set_embedding_isa", &name)) return NULL;
+  const char *before = mq_embedding_isa_name();
+  if (mq_embedding_set_isa(name) != MQ_OK) {
+    PyErr_Format(PyExc_ValueError, "embedding kernel '%s' cannot run here; pick one of embedding_isas() or 'auto'",
+                 name);
+    return NULL;
+  }
+  return PyUnicode_FromString(before);
+}

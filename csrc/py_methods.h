@@ -34,5 +34,7 @@ PyObject *py_gptq_isas(PyObject *self, PyObject *args);
 PyObject *py_set_gptq_isa(PyObject *self, PyObject *args);
 PyObject *py_embedding_int8_gather(PyObject *self, PyObject *args);
 PyObject *py_embedding_int8_bag(PyObject *self, PyObject *args);
+PyObject *py_embedding_isas(PyObject *self, PyObject *args);
+PyObject *py_set_embedding_isa(PyObject *self, PyObject *args);
 
 #endif /* MQ_PY_METHODS_H */

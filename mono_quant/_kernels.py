@@ -794,9 +794,9 @@ def use_gptq_isa(name: str) -> Iterator[None]:
 
 
 def _embedding_use_c(qweight: torch.Tensor, idx: torch.Tensor, out_dtype: torch.dtype) -> bool:
-    if not _use_c(qweight, dtypes=(torch.int8, torch.uint8)) or out_dtype not in _C_FLOAT_DTYPE_SET:
-        return False
-    return idx.is_cpu
+    if _C is not None and qweight.is_cpu and idx.is_cpu and _backend.get() == "auto":  # the per-call hot path
+        return out_dtype in _C_FLOAT_DTYPE_SET
+    return _use_c(qweight, dtypes=(torch.int8, torch.uint8)) and idx.is_cpu and out_dtype in _C_FLOAT_DTYPE_SET
 
 
 def _check_embedding_table(qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
@@ -810,12 +810,23 @@ def _check_embedding_table(qweight: torch.Tensor, scale: torch.Tensor, zero_poin
 
 
 def _embedding_indices(indices: torch.Tensor) -> torch.Tensor:
-    if indices.dtype not in (torch.int64, torch.int32) or isinstance(indices, torch.nn.Parameter):
+    """``indices`` as a contiguous 1-D int64 tensor (a view when it is one already: the per-call
+    cost of a lookup is mostly such tensor calls, ~1 us each)."""
+    if indices.dtype is torch.int64 and indices.is_contiguous() and not indices.requires_grad:
+        return indices.view(-1)
+    if indices.dtype not in (torch.int64, torch.int32):
         raise TypeError(
             f"embedding indices must be an int64 or int32 tensor (as F.embedding takes); got {indices.dtype}; "
             "convert them with .long()"
         )
     return indices.detach().reshape(-1).to(torch.int64).contiguous()
+
+
+def _as_capsule(t: torch.Tensor, dtype: torch.dtype):
+    """A capsule of ``t`` as ``dtype``, contiguous; no copy (and no tensor call) when it is so."""
+    if t.dtype is not dtype:
+        t = t.to(dtype)
+    return _capsule(t if t.is_contiguous() and not t.requires_grad else t.detach().contiguous())
 
 
 def embedding_int8(indices: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
@@ -834,9 +845,9 @@ def embedding_int8(indices: torch.Tensor, qweight: torch.Tensor, scale: torch.Te
     if not _embedding_use_c(qweight, idx, out_dtype):
         out = ref.embedding_int8_gather(qweight.detach(), scale, zero_point, idx.to(qweight.device))
         return out.to(out_dtype).reshape(*indices.shape, dim)
-    out = torch.empty(idx.numel(), dim, dtype=out_dtype)
-    _C.embedding_int8_gather(_dl(qweight), _dl(scale.float()), _dl(zero_point.to(torch.int32)), _capsule(idx),
-                             _capsule(out), num_threads())
+    out = torch.empty(idx.shape[0], dim, dtype=out_dtype)
+    _C.embedding_int8_gather(_as_capsule(qweight, qweight.dtype), _as_capsule(scale, torch.float32),
+                             _as_capsule(zero_point, torch.int32), _capsule(idx), _capsule(out), num_threads())
     return out.view(*indices.shape, dim)
 
 
@@ -873,7 +884,30 @@ def embedding_int8_bag(indices: torch.Tensor, offsets: torch.Tensor, per_sample_
                                      None if weights is None else weights.to(dev), mode, padding_idx)
         return out.to(out_dtype)
     out = torch.empty(off.numel() - 1, dim, dtype=out_dtype)
-    _C.embedding_int8_bag(_dl(qweight), _dl(scale.float()), _dl(zero_point.to(torch.int32)), _capsule(idx),
-                          _capsule(off), None if weights is None else _capsule(weights), ref.EMBEDDING_MODES[mode],
-                          int(padding_idx), _capsule(out), num_threads())
+    _C.embedding_int8_bag(_as_capsule(qweight, qweight.dtype), _as_capsule(scale, torch.float32),
+                          _as_capsule(zero_point, torch.int32), _capsule(idx), _capsule(off),
+                          None if weights is None else _capsule(weights), ref.EMBEDDING_MODES[mode], int(padding_idx),
+                          _capsule(out), num_threads())
     return out
+
+
+def embedding_isas() -> list[str]:
+    """The embedding loops this CPU can run, best last (``[]`` without the C build)."""
+    return [] if _C is None else list(_C.embedding_isas())
+
+
+@contextlib.contextmanager
+def use_embedding_isa(name: str) -> Iterator[None]:
+    """Test hook: force one set of embedding loops inside a ``with`` block (process-wide, not
+    thread-safe), as ``use_linear_isa``.
+
+    >>> with use_embedding_isa("portable"):
+    ...     rows = embedding_int8(ids, q, scale, zp)
+    """
+    if _C is None:
+        raise RuntimeError(f"the C extension mono_quant._C is not built ({_C_IMPORT_ERROR})")
+    before = _C.set_embedding_isa(name)
+    try:
+        yield
+    finally:
+        _C.set_embedding_isa(before)

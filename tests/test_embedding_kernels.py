@@ -15,6 +15,8 @@ from mono_quant import _reference as ref
 from mono_quant._int8 import dequantize_weight_int8, quantize_weight_int8
 
 needs_c = pytest.mark.skipif(not K.c_available(), reason="the C extension mono_quant._C is not built")
+# Every set of loops this CPU runs (the same C compiled per ISA): each must give the twin's bits.
+ISAS = K.embedding_isas() or ["portable"]
 
 
 def table(rows: int = 40, dim: int = 300, symmetric: bool = False, seed: int = 0):
@@ -23,9 +25,9 @@ def table(rows: int = 40, dim: int = 300, symmetric: bool = False, seed: int = 0
     return quantize_weight_int8(weight, symmetric=symmetric)
 
 
-def both(fn, *args, **kwargs):
-    """``fn`` on the C kernels and on the torch twin."""
-    with K.use_backend("c"):
+def both(fn, *args, isa: str = "auto", **kwargs):
+    """``fn`` on the C kernels (loops ``isa``) and on the torch twin."""
+    with K.use_backend("c"), K.use_embedding_isa(isa):
         c = fn(*args, **kwargs)
     with K.use_backend("reference"):
         r = fn(*args, **kwargs)
@@ -33,13 +35,14 @@ def both(fn, *args, **kwargs):
 
 
 @needs_c
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 0), (2, 3, 4), ()])
-def test_gather_equals_the_twin_and_f_embedding(symmetric, out_dtype, shape):
+def test_gather_equals_the_twin_and_f_embedding(isa, symmetric, out_dtype, shape):
     q, scale, zp = table(symmetric=symmetric)
     idx = torch.randint(0, 40, shape)
-    c, r = both(K.embedding_int8, idx, q, scale, zp, out_dtype)
+    c, r = both(K.embedding_int8, idx, q, scale, zp, out_dtype, isa=isa)
     assert c.shape == (*shape, 300) and c.dtype == out_dtype
     assert torch.equal(c, r)
     expected = F.embedding(idx, dequantize_weight_int8(q, scale, zp)).to(out_dtype)
@@ -96,13 +99,14 @@ def bags_case(data, rows: int):
 @settings(max_examples=60, deadline=None)
 @given(data=st.data(), mode=st.sampled_from(["sum", "mean", "max"]), weighted=st.booleans(),
        padding=st.sampled_from([-1, 0, 5]), symmetric=st.booleans(),
-       out_dtype=st.sampled_from([torch.float32, torch.bfloat16]), dim=st.sampled_from([1, 33, 257]))
-def test_bags_equal_the_twin_and_f_embedding_bag(data, mode, weighted, padding, symmetric, out_dtype, dim):
+       out_dtype=st.sampled_from([torch.float32, torch.bfloat16]), dim=st.sampled_from([1, 33, 257, 1100]),
+       isa=st.sampled_from(ISAS))
+def test_bags_equal_the_twin_and_f_embedding_bag(data, mode, weighted, padding, symmetric, out_dtype, dim, isa):
     rows = 12
     q, scale, zp = table(rows, dim, symmetric)
     idx, offsets = bags_case(data, rows)
     psw = torch.rand(idx.numel()) if weighted and mode == "sum" else None
-    c, r = both(K.embedding_int8_bag, idx, offsets, psw, q, scale, zp, mode, padding, out_dtype)
+    c, r = both(K.embedding_int8_bag, idx, offsets, psw, q, scale, zp, mode, padding, out_dtype, isa=isa)
     assert c.shape == (offsets.numel() - 1, dim) and c.dtype == out_dtype
     assert torch.equal(c, r)
     expected = F.embedding_bag(idx, dequantize_weight_int8(q, scale, zp), offsets, mode=mode, per_sample_weights=psw,
@@ -149,9 +153,30 @@ def test_the_c_binding_checks_its_arguments():
                              torch.tensor([0, 2]).__dlpack__(), None, 3, -1, torch.empty(1, 300).__dlpack__(), 1)
 
 
+@needs_c
+def test_every_isa_can_be_forced_and_unknown_ones_are_refused():
+    assert ISAS[0] == "portable"
+    for isa in ISAS:
+        with K.use_embedding_isa(isa):
+            assert K._C.set_embedding_isa("auto") == isa
+            K._C.set_embedding_isa(isa)
+    with pytest.raises(ValueError, match="cannot run here"):
+        K._C.set_embedding_isa("sse9")
+
+
 def test_the_twin_is_the_documented_formula():
     q, scale, zp = table(symmetric=False)
     idx = torch.tensor([3, 0, 3])
     rows = ref.embedding_int8_gather(q, scale, zp, idx)
     expected = (q[idx].int() - zp[idx].unsqueeze(1)).float() * scale[idx].unsqueeze(1)
     assert torch.equal(rows, expected)
+
+
+@needs_c
+@pytest.mark.parametrize("isa", ISAS)
+def test_rows_longer_than_a_stripe(isa):
+    q, scale, zp = table(9, 2500)  # > MQ_EMBEDDING_STRIPE columns: written in several stripes
+    idx = torch.tensor([[8, 0, 3], [3, 3, 1]])
+    for out_dtype in (torch.float32, torch.float16):
+        c, r = both(K.embedding_int8, idx, q, scale, zp, out_dtype, isa=isa)
+        assert torch.equal(c, r)
