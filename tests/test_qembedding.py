@@ -269,3 +269,12 @@ def test_onnx_exports_the_table_as_int8_and_refuses_bags():
     bag = QuantizedEmbeddingBag.from_float(nn.EmbeddingBag(50, 8))
     with pytest.raises(Exception, match="ONNX has no bag reduction"):
         export_onnx(bag, (torch.randint(0, 50, (2, 3)),), "b.onnx")
+
+
+def test_gptq_quantize_converts_tables_data_free():
+    model = Tagger().eval()
+    batches = [torch.randint(0, 300, (2, 9)) for _ in range(3)]
+    q_model, info = mono_quant.gptq_quantize(model, batches, quantize_embeddings=True, group_size=32,
+                                             num_samples=4, progress=False)
+    assert type(q_model.embed) is QuantizedEmbedding and type(q_model.bag) is QuantizedEmbeddingBag
+    assert info.layers["embed"].scheme == "uint8 per-row asymmetric"
