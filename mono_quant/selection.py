@@ -106,8 +106,10 @@ def module_skip_reason(
     )
 
 
-def state_skip_reason(prefix: str, tensors: Mapping[str, torch.Tensor], scheme: Scheme) -> str | None:
+def state_skip_reason(prefix: str, tensors: Mapping[str, torch.Tensor], scheme: Scheme,
+                      tied_to: str | None = None) -> str | None:
     """Why the state_dict entries of layer ``prefix`` stay as they are, or None to convert them.
+    ``tied_to``: another layer whose weight is this one's (``tied_weights``).
 
     >>> state_skip_reason("fc", {"weight": torch.randn(4, 4)}, Int8Scheme(QuantizationConfig()))
     'has 16 parameters, fewer than min_params=512'
@@ -121,7 +123,28 @@ def state_skip_reason(prefix: str, tensors: Mapping[str, torch.Tensor], scheme: 
         or scheme.skip_state_reason(prefix, tensors)
         or _state_type_reason(prefix, tensors, config, scheme.whole_model)
         or _state_tensor_reason(tensors, config, scheme.whole_model)
+        or (_tied_reason(tied_to) if tied_to is not None and not scheme.whole_model else None)
     )
+
+
+def tied_weights(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Layer prefix -> another layer whose ``weight`` entry is the same tensor memory (a state_dict
+    of a model with tied weights holds one tensor under both names), for every such layer.
+
+    >>> tied_weights({"embed.weight": w, "head.weight": w})
+    {'embed': 'head', 'head': 'embed'}
+    """
+    holders: dict[tuple, list[str]] = {}
+    for key, tensor in state.items():
+        prefix, _, attr = key.rpartition(".")
+        if attr == "weight" and isinstance(tensor, torch.Tensor) and tensor.numel() and not tensor.is_meta:
+            where = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+            holders.setdefault(where, []).append(prefix)
+    return {p: next(o for o in group if o != p) for group in holders.values() if len(group) > 1 for p in group}
+
+
+def _tied_reason(other: str) -> str:
+    return f"its weight is shared with {other!r} (tied); converting it would untie them, so both stay float"
 
 
 def _name_reason(name: str, config: QuantizationConfig) -> str | None:
@@ -190,10 +213,7 @@ def _tensor_reason(
     for param in params:
         others = [o for o in owners.get(id(param), []) if o != name]
         if others:
-            return (
-                f"its weight is shared with {others[0]!r} (tied); converting it would untie "
-                "them, so both stay float"
-            )
+            return _tied_reason(others[0])
     return None
 
 

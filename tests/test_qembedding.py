@@ -278,3 +278,19 @@ def test_gptq_quantize_converts_tables_data_free():
                                              num_samples=4, progress=False)
     assert type(q_model.embed) is QuantizedEmbedding and type(q_model.bag) is QuantizedEmbeddingBag
     assert info.layers["embed"].scheme == "uint8 per-row asymmetric"
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_a_tied_state_dict_keeps_both_float_and_loads_tied(inplace):
+    model = Tagger(tied=True).eval()
+    state = model.state_dict()  # one tensor under "embed.weight" and "head.weight"
+    q_state, info = dynamic_quantize(state if inplace else dict(state), quantize_embeddings=True, inplace=inplace)
+    assert q_state["embed.weight"].dtype == q_state["head.weight"].dtype == torch.float32
+    assert "tied" in info.layers["embed"].reason and "tied" in info.layers["head"].reason
+    save_quantized(q_state, "tied.pt", info)
+    loaded = load_quantized("tied.pt", skeleton(tied=True))
+    assert loaded.head.weight is loaded.embed.weight and torch.equal(loaded.embed.weight, model.embed.weight)
+    assert cosine(loaded(IDS), model(IDS)) > 0.999  # "bag" (a Linear-like name) is INT8
+    torch.save(Tagger(tied=True).state_dict(), "fp32.pt")
+    streamed = mono_quant.quantize_checkpoint("fp32.pt", "q.safetensors", quantize_embeddings=True)
+    assert not streamed.layers["embed"].quantized and not streamed.layers["head"].quantized
