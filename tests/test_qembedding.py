@@ -173,14 +173,17 @@ def test_a_tied_head_keeps_both_float_and_tied():
     assert loaded.head.weight is loaded.embed.weight and torch.equal(loaded(IDS), q_model(IDS))
 
 
-def test_static_quantize_converts_tables_without_calibrating_them():
+@pytest.mark.parametrize("inplace", [False, True])
+def test_static_quantize_converts_tables_without_calibrating_them(inplace):
     model = Tagger().eval()
+    expected = model(IDS)
     batches = [torch.randint(0, 300, (2, 9)) for _ in range(4)]
     q_model, info = mono_quant.static_quantize(model, batches, quantize_embeddings=True, num_samples=6,
-                                               progress=False)
+                                               progress=False, inplace=inplace, compute_sqnr=not inplace)
     assert type(q_model.embed) is QuantizedEmbedding and type(q_model.bag) is QuantizedEmbeddingBag
     assert type(q_model.head).__name__ == "StaticQuantizedLinear"
-    assert info.layers["embed"].quantized and cosine(q_model(IDS), model(IDS)) > 0.99
+    assert info.layers["embed"].quantized and cosine(q_model(IDS), expected) > 0.99
+    assert list(info.layers)[:3] == ["embed", "bag", "head"]  # in model order
 
 
 # ---- files --------------------------------------------------------------------------------------
