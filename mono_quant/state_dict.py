@@ -54,10 +54,15 @@ def quantize_state_dict(state_dict: Mapping[str, Any], schemes: Any, info: Quant
     """
     converted: dict[str, dict[str, torch.Tensor]] = {}
     tied = tied_weights(state_dict)
+    kept: set[str] = set()
     with torch.no_grad():
         for prefix, tensors in group_by_layer(state_dict).items():
             converted[prefix], record = convert_state_layer(prefix, tensors, schemes, tied.get(prefix))
             info.add(record)
+            if prefix in tied and not record.quantized:
+                kept.add(prefix)
+                if tied[prefix] in kept:  # one copy for both names, as in the original
+                    converted[prefix]["weight"] = converted[tied[prefix]]["weight"]
     return _rebuild(state_dict, converted)
 
 

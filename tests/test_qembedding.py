@@ -289,6 +289,8 @@ def test_a_tied_state_dict_keeps_both_float_and_loads_tied(inplace):
     state = model.state_dict()  # one tensor under "embed.weight" and "head.weight"
     q_state, info = dynamic_quantize(state if inplace else dict(state), quantize_embeddings=True, inplace=inplace)
     assert q_state["embed.weight"].dtype == q_state["head.weight"].dtype == torch.float32
+    assert q_state["embed.weight"].data_ptr() == q_state["head.weight"].data_ptr()  # still one tensor
+    assert info.validation is None or info.validation.passed
     assert "tied" in info.layers["embed"].reason and "tied" in info.layers["head"].reason
     save_quantized(q_state, "tied.pt", info)
     loaded = load_quantized("tied.pt", skeleton(tied=True))
