@@ -82,7 +82,8 @@ static inline void mq_embedding_gather_rows(void *ctx, int64_t begin, int64_t en
   float stripe[MQ_EMBEDDING_STRIPE];
   for (int64_t i = begin; i < end; i++) {
     const int64_t r = job->idx[i];
-    if (i + MQ_EMBEDDING_PREFETCH < end) mq_embedding_prefetch_row(job, job->idx[i + MQ_EMBEDDING_PREFETCH], 0, job->dim);
+    if (i + MQ_EMBEDDING_PREFETCH < end)
+      mq_embedding_prefetch_row(job, job->idx[i + MQ_EMBEDDING_PREFETCH], 0, job->dim);
     if (job->out_dtype == MQ_F32) { /* straight into the output row */
       mq_embedding_dequantize_stripe(job, r, 0, job->dim, (float *)job->out + i * job->dim);
       continue;
@@ -111,7 +112,8 @@ static inline void mq_embedding_gather_rows(void *ctx, int64_t begin, int64_t en
   } while (0)
 
 /* One stripe of bag b: the reduction over its rows in index order (sum / mean / max). */
-static inline void mq_embedding_reduce_stripe(const embedding_job *job, int64_t b, int64_t c0, int64_t len, float *restrict acc) {
+static inline void mq_embedding_reduce_stripe(const embedding_job *job, int64_t b, int64_t c0, int64_t len,
+                                              float *restrict acc) {
   float row[MQ_EMBEDDING_STRIPE];
   const float *weights = job->weights;
   int64_t count = 0;
@@ -119,7 +121,8 @@ static inline void mq_embedding_reduce_stripe(const embedding_job *job, int64_t 
   const int64_t end = job->offsets[b + 1];
   for (int64_t j = job->offsets[b]; j < end; j++) {
     const int64_t r = job->idx[j];
-    if (j + MQ_EMBEDDING_PREFETCH < job->last) mq_embedding_prefetch_row(job, job->idx[j + MQ_EMBEDDING_PREFETCH], c0, len);
+    if (j + MQ_EMBEDDING_PREFETCH < job->last)
+      mq_embedding_prefetch_row(job, job->idx[j + MQ_EMBEDDING_PREFETCH], c0, len);
     if (r == job->padding_idx) continue;
     if (job->mode == MQ_EMBEDDING_MAX) {
       mq_embedding_dequantize_stripe(job, r, c0, len, count == 0 ? acc : row);

@@ -11,7 +11,8 @@ from .embedding import Int8EmbeddingBagFormat, Int8EmbeddingFormat
 from .int4 import Int4LinearFormat
 from .int8 import Int8Conv2dFormat, Int8LinearFormat
 from .registry import (
-    format_for_float_module, format_for_layer_of, format_for_module, format_for_state, format_kinds, get_format, register_format,
+    format_for_float_module, format_for_layer_of, format_for_module, format_for_state, format_kinds, get_format,
+    register_format,
 )
 from .static_int8 import StaticInt8Conv2dFormat, StaticInt8LinearFormat
 

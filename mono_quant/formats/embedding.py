@@ -74,7 +74,8 @@ class Int8EmbeddingFormat(_Int8Format):
     def skeleton_mismatch(self, params: Mapping[str, Any], module: nn.Module) -> str | None:
         shape = [module.num_embeddings, module.embedding_dim]
         if shape != list(params["original_shape"]):
-            return f"the file holds a {params['original_shape']} table but the model's {type(module).__name__} is {shape}"
+            return (f"the file holds a {params['original_shape']} table but the model's {type(module).__name__} "
+                    f"is {shape}")
         if "padding_idx" in params and params["padding_idx"] != module.padding_idx:
             return f"the file says padding_idx={params['padding_idx']} but the model's layer has {module.padding_idx}"
         return None
@@ -112,7 +113,8 @@ class Int8EmbeddingBagFormat(Int8EmbeddingFormat):
     def skeleton_mismatch(self, params: Mapping[str, Any], module: nn.Module) -> str | None:
         for field in ("mode", "include_last_offset"):
             if field in params and params[field] != getattr(module, field):
-                return f"the file says {field}={params[field]!r} but the model's EmbeddingBag has {getattr(module, field)!r}"
+                return (f"the file says {field}={params[field]!r} but the model's EmbeddingBag has "
+                        f"{getattr(module, field)!r}")
         return super().skeleton_mismatch(params, module)
 
     def build(self, params: Mapping[str, Any], module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> nn.Module:

@@ -69,7 +69,8 @@ def format_for_state(tensors: Mapping[str, torch.Tensor]) -> tuple[LayerFormat, 
     return None
 
 
-def format_for_float_module(tensors: Mapping[str, torch.Tensor], module: nn.Module) -> tuple[LayerFormat, dict[str, Any]] | None:
+def format_for_float_module(tensors: Mapping[str, torch.Tensor],
+                            module: nn.Module) -> tuple[LayerFormat, dict[str, Any]] | None:
     """The format (and params) that reads a state_dict layer's tensors (keys without the
     prefix) AND replaces float ``module``'s type, or None: a file made from a state_dict
     records a layer by its tensors alone, which an INT8 Linear and an INT8 embedding table
@@ -82,7 +83,8 @@ def format_for_float_module(tensors: Mapping[str, torch.Tensor], module: nn.Modu
     return None
 
 
-def format_for_layer_of(fmt: LayerFormat, params: Mapping[str, Any], module: nn.Module) -> tuple[LayerFormat, dict[str, Any]] | None:
+def format_for_layer_of(fmt: LayerFormat, params: Mapping[str, Any],
+                        module: nn.Module) -> tuple[LayerFormat, dict[str, Any]] | None:
     """``format_for_float_module`` from a layer's record alone (``fmt`` and ``params``: the
     tensors' dtypes and shapes are what the formats look at, so meta tensors stand in).
 
