@@ -236,3 +236,64 @@ mq_status mq_gptq_set_isa(const char *name) {
   atomic_store(&gptq_active, gptq_find(name) + 1);
   return MQ_OK;
 }
+
+/* ---- EMBEDDING: gather / bag loop dispatch ---------------------------------------------------
+ * The same arrangement for the per-row INT8 embedding loops (embedding.h): every table computes
+ * the same bits; tests force each in turn with mq_embedding_set_isa. */
+#include "embedding.h"
+
+static const mq_embedding_kernels *const embedding_paths[] = {
+    &mq_embedding_kernels_portable,
+#if defined(__x86_64__)
+    &mq_embedding_kernels_avx2,
+    &mq_embedding_kernels_avx512,
+#endif
+};
+#define EMBEDDING_PATHS ((int)(sizeof embedding_paths / sizeof embedding_paths[0]))
+
+static unsigned embedding_path_needs(int index) {
+  static const unsigned needs[3] = {0u, MQ_CPU_AVX2, MQ_CPU_AVX2 | MQ_CPU_AVX512};
+  return needs[index];
+}
+
+static int embedding_best(void) {
+  const unsigned have = mq_cpu_detect();
+  int best = 0;
+  for (int i = 0; i < EMBEDDING_PATHS; i++)
+    if ((have & embedding_path_needs(i)) == embedding_path_needs(i)) best = i;
+  return best;
+}
+
+static atomic_int embedding_active = 0; /* index + 1 of the active table; 0 until first use */
+
+const mq_embedding_kernels *mq_embedding_active(void) {
+  int v = atomic_load(&embedding_active);
+  if (v == 0) {
+    v = embedding_best() + 1;
+    atomic_store(&embedding_active, v);
+  }
+  return embedding_paths[v - 1];
+}
+
+const char *mq_embedding_isa_name(void) { return mq_embedding_active()->name; }
+
+static int embedding_find(const char *name) {
+  for (int i = 0; i < EMBEDDING_PATHS; i++)
+    if (strcmp(embedding_paths[i]->name, name) == 0) return i;
+  return -1;
+}
+
+int mq_embedding_isa_supported(const char *name) {
+  const int i = embedding_find(name);
+  return i >= 0 && (mq_cpu_detect() & embedding_path_needs(i)) == embedding_path_needs(i);
+}
+
+mq_status mq_embedding_set_isa(const char *name) {
+  if (strcmp(name, "auto") == 0) {
+    atomic_store(&embedding_active, embedding_best() + 1);
+    return MQ_OK;
+  }
+  if (!mq_embedding_isa_supported(name)) return MQ_ERR_ARG;
+  atomic_store(&embedding_active, embedding_find(name) + 1);
+  return MQ_OK;
+}

@@ -83,6 +83,18 @@ static PyMethodDef methods[] = {
      "gptq_isas() -> list: the GPTQ inner-loop tables this CPU can run, best last."},
     {"set_gptq_isa", py_set_gptq_isa, METH_VARARGS,
      "set_gptq_isa(name) -> str: test hook, force a GPTQ table ('auto' = best); returns the previous."},
+    /* EMBEDDING */
+    {"embedding_int8_gather", py_embedding_int8_gather, METH_VARARGS,
+     "embedding_int8_gather(q[rows,dim], scale[rows], zero_point[rows], idx[n] int64, out[n,dim], "
+     "num_threads): the rows idx of a per-row INT8 table, dequantized."},
+    {"embedding_int8_bag", py_embedding_int8_bag, METH_VARARGS,
+     "embedding_int8_bag(q[rows,dim], scale[rows], zero_point[rows], idx[n] int64, offsets[bags+1] "
+     "int64, per_sample_weights[n] float32 or None, mode (0 sum, 1 mean, 2 max), padding_idx (-1: "
+     "none), out[bags,dim], num_threads): bags of rows reduced."},
+    {"embedding_isas", py_embedding_isas, METH_NOARGS,
+     "embedding_isas() -> list: the embedding loops this CPU can run, best last."},
+    {"set_embedding_isa", py_set_embedding_isa, METH_VARARGS,
+     "set_embedding_isa(name) -> str: test hook, force embedding loops ('auto' = best); returns the previous."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -39,6 +39,7 @@ typedef enum {
   MQ_ERR_NOMEM = 7,     /* a scratch allocation failed */
   MQ_ERR_THREAD = 8,    /* the thread pool could not start a thread */
   MQ_ERR_READONLY = 9,  /* an output tensor is marked read-only */
+  MQ_ERR_INDEX = 10,    /* an index (embedding lookup) is outside its table */
 } mq_status;
 
 /*! mq_status_name() : @return a static string naming `status` ("MQ_ERR_SHAPE", ...). */
@@ -389,6 +390,60 @@ int mq_linear_isa_supported(const char *name);
  *  "auto" for the best supported one) for every later forward call in the process.
  *  @return MQ_ERR_ARG for an unknown name or a path this CPU cannot run. */
 mq_status mq_linear_set_isa(const char *name);
+
+/* ---- EMBEDDING: INT8 tables quantized per row (embedding.c) ------------------------------
+ *
+ * A table q [rows, dim] (MQ_I8 or MQ_U8, row-major) with scale float[rows] and zero_point
+ * int32[rows]: row r holds the values float(q[r][c] - zero_point[r]) * scale[r] (one float32
+ * product, no other rounding).  Only the rows looked up are read and dequantized.  Indices
+ * are int64; every index read is checked to lie in [0, rows) before anything is written, so
+ * a bad index never reads outside the table.  out: F32, F16 or BF16, each value computed in
+ * float32 and rounded to nearest even once.  Results do not depend on the thread count
+ * (threads split output rows / bags; each is computed by one thread in a fixed order). */
+typedef enum {
+  MQ_EMBEDDING_SUM = 0,
+  MQ_EMBEDDING_MEAN = 1,
+  MQ_EMBEDDING_MAX = 2,
+} mq_embedding_mode;
+
+/*! mq_embedding_int8_gather() :
+ *  out[i][c] = float(q[idx[i]][c] - zero_point[idx[i]]) * scale[idx[i]] for i < n; out [n, dim].
+ *  @return MQ_ERR_INDEX if an index is outside [0, rows) (nothing written), MQ_ERR_SHAPE for
+ *          rows < 1, dim < 1 or n < 0, MQ_ERR_DTYPE for other dtypes. */
+mq_status mq_embedding_int8_gather(const void *q, mq_dtype q_dtype, const float *scale,
+                                   const int32_t *zero_point, int64_t rows, int64_t dim,
+                                   const int64_t *idx, int64_t n, void *out, mq_dtype out_dtype,
+                                   int num_threads);
+
+/*! mq_embedding_int8_bag() :
+ *  Bag b (b < bags) reduces the rows idx[j], offsets[b] <= j < offsets[b + 1], in index
+ *  order, skipping j with idx[j] == padding_idx (-1: none), into out[b] [bags, dim]:
+ *    MQ_EMBEDDING_SUM:  acc = acc + v (v = the row's value times per_sample_weights[j] when
+ *                       given: two float32 roundings, no fused multiply-add), from acc = 0
+ *    MQ_EMBEDDING_MEAN: the sum, then divided by the number of rows counted (float32)
+ *    MQ_EMBEDDING_MAX:  the elementwise maximum of the rows counted
+ *  A bag with no row counted is all zeros.  offsets int64 [bags + 1], non-decreasing, within
+ *  [0, n]; per_sample_weights float[n] or NULL (MQ_EMBEDDING_SUM only).
+ *  @return MQ_ERR_ARG for bad offsets, an unknown mode, weights with another mode, or
+ *          padding_idx outside [-1, rows); MQ_ERR_INDEX if an index inside a bag is outside
+ *          [0, rows) (nothing written); MQ_ERR_SHAPE / MQ_ERR_DTYPE as above. */
+mq_status mq_embedding_int8_bag(const void *q, mq_dtype q_dtype, const float *scale,
+                                const int32_t *zero_point, int64_t rows, int64_t dim,
+                                const int64_t *idx, int64_t n, const int64_t *offsets, int64_t bags,
+                                const float *per_sample_weights, mq_embedding_mode mode,
+                                int64_t padding_idx, void *out, mq_dtype out_dtype, int num_threads);
+
+/*! mq_embedding_isa_name() : the embedding loops in use: "portable", "avx2" or "avx512" (the
+ *  same C loops compiled for each ISA: the same results, faster). */
+const char *mq_embedding_isa_name(void);
+
+/*! mq_embedding_isa_supported() : 1 if loops `name` can run here (and SIMD is not disabled by
+ *  MONO_QUANT_DISABLE_SIMD), else 0. */
+int mq_embedding_isa_supported(const char *name);
+
+/*! mq_embedding_set_isa() : test hook, as mq_linear_set_isa, for the embedding loops.
+ *  @return MQ_ERR_ARG for an unknown name or loops this CPU cannot run. */
+mq_status mq_embedding_set_isa(const char *name);
 
 #ifdef __cplusplus
 }

@@ -71,6 +71,11 @@ PyObject *kernel_error(mq_status st, const char *what) {
       PyErr_Format(PyExc_ValueError, "%s: an argument is out of range (scales must be finite and "
                    "> 0, min <= max, qmin < qmax)", what);
       break;
+    case MQ_ERR_INDEX:
+      /* torch's own message for F.embedding / F.embedding_bag, so callers catch one error */
+      PyErr_Format(PyExc_IndexError, "%s: index out of range in self (every index must be >= 0 and < "
+                   "the table's num_embeddings)", what);
+      break;
     case MQ_ERR_NOMEM: PyErr_NoMemory(); break;
     case MQ_ERR_DTYPE: PyErr_Format(PyExc_TypeError, "%s: unsupported dtype combination", what); break;
     case MQ_ERR_SHAPE: PyErr_Format(PyExc_ValueError, "%s: sizes out of range", what); break;

@@ -38,5 +38,9 @@ PyObject *py_threadpool_stats(PyObject *self, PyObject *args);
 PyObject *py_threadpool_set_backoff(PyObject *self, PyObject *args);
 PyObject *py_threadpool_backoff_step(PyObject *self, PyObject *args);
 PyObject *py_threadpool_back_off_for(PyObject *self, PyObject *args);
+PyObject *py_embedding_int8_gather(PyObject *self, PyObject *args);
+PyObject *py_embedding_int8_bag(PyObject *self, PyObject *args);
+PyObject *py_embedding_isas(PyObject *self, PyObject *args);
+PyObject *py_set_embedding_isa(PyObject *self, PyObject *args);
 
 #endif /* MQ_PY_METHODS_H */

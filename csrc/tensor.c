@@ -15,6 +15,7 @@ const char *mq_status_name(mq_status status) {
     case MQ_ERR_NOMEM: return "MQ_ERR_NOMEM";
     case MQ_ERR_THREAD: return "MQ_ERR_THREAD";
     case MQ_ERR_READONLY: return "MQ_ERR_READONLY";
+    case MQ_ERR_INDEX: return "MQ_ERR_INDEX";
   }
   return "MQ_ERR_UNKNOWN";
 }

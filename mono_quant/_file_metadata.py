@@ -17,7 +17,8 @@ Global keys:
   aliases             JSON {name: name}: tensors stored once under another name (tied weights)
   checksums           JSON {name: crc32}: CRC-32 of each stored tensor's bytes
 Per layer, ``layer:<module name>`` holds a JSON object:
-  kind                a registered layer format ("int8_linear", "int8_conv2d", "int4_linear")
+  kind                a registered layer format ("int8_linear", "int8_conv2d", "int4_linear",
+                      "int8_embedding", ...)
                       or "cast" (floating tensors cast to another float dtype, e.g. fp16)
   original_shape      the float weight's shape
   original_dtype      the float weight's dtype ("float32"), or null when unknown

@@ -18,7 +18,7 @@ from torch import nn
 from ._layers import skipped_layer, state_kind
 from .errors import PartialConversionError
 from .info import QuantizationInfo
-from .selection import state_skip_reason
+from .selection import state_skip_reason, tied_weights
 from .state_dict import rebuild_state_dict, split_key
 from .validate import CheckResult, act_on_report, validate
 
@@ -46,11 +46,12 @@ def quantize_state_dict_in_place(state_dict: Mapping[str, Any], schemes: Any, in
             layers.setdefault(split_key(key)[0], []).append(key)
     converted: dict[str, dict[str, torch.Tensor]] = {}
     done: list[str] = []
+    tied = tied_weights(state_dict)
     with torch.no_grad():
         for prefix, keys in layers.items():
             tensors = {split_key(key)[1]: state_dict[key] for key in keys}
             try:
-                converted[prefix], record = _convert(prefix, tensors, schemes)
+                converted[prefix], record = _convert(prefix, tensors, schemes, tied.get(prefix))
             except Exception as exc:
                 raise PartialConversionError(prefix, done, exc) from exc
             for key in keys:  # the float tensors go now, not at the end
@@ -65,9 +66,9 @@ def quantize_state_dict_in_place(state_dict: Mapping[str, Any], schemes: Any, in
     return state_dict
 
 
-def _convert(prefix: str, tensors: Mapping[str, torch.Tensor], schemes: Any):
-    scheme = schemes.for_layer(prefix)
-    reason = state_skip_reason(prefix, tensors, scheme)
+def _convert(prefix: str, tensors: Mapping[str, torch.Tensor], schemes: Any, tied_to: str | None):
+    scheme = schemes.for_layer(prefix, tensors=tensors)
+    reason = state_skip_reason(prefix, tensors, scheme, tied_to)
     if reason is None:
         return scheme.convert_state(prefix, tensors)
     return dict(tensors), skipped_layer(prefix, state_kind(prefix, tensors), tensors, reason)  # kept, not copied

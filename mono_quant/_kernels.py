@@ -844,3 +844,128 @@ def use_gptq_isa(name: str) -> Iterator[None]:
         yield
     finally:
         _C.set_gptq_isa(before)
+
+
+# ---------------------------------------------------------------------------------------------
+# Embeddings: per-row INT8 tables, gather and bags (csrc/embedding.c, twin in _reference).
+# ---------------------------------------------------------------------------------------------
+
+
+def _embedding_use_c(qweight: torch.Tensor, idx: torch.Tensor, out_dtype: torch.dtype) -> bool:
+    if _C is not None and qweight.is_cpu and idx.is_cpu and _backend.get() == "auto":  # the per-call hot path
+        return out_dtype in _C_FLOAT_DTYPE_SET
+    return _use_c(qweight, dtypes=(torch.int8, torch.uint8)) and idx.is_cpu and out_dtype in _C_FLOAT_DTYPE_SET
+
+
+def _check_embedding_table(qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+    _int8_range(qweight.dtype)
+    if qweight.dim() != 2 or qweight.shape[0] < 1 or qweight.shape[1] < 1:
+        raise ValueError(f"qweight must be a [num_embeddings, embedding_dim] table; got shape {tuple(qweight.shape)}")
+    rows = qweight.shape[0]
+    if scale.numel() != rows or zero_point.numel() != rows:
+        raise ValueError(f"scale and zero_point need one value per row ({rows}); got {scale.numel()} and "
+                         f"{zero_point.numel()}")
+
+
+def _embedding_indices(indices: torch.Tensor) -> torch.Tensor:
+    """``indices`` as a contiguous 1-D int64 tensor (a view when it is one already: the per-call
+    cost of a lookup is mostly such tensor calls, ~1 us each)."""
+    if indices.dtype is torch.int64 and indices.is_contiguous() and not indices.requires_grad:
+        return indices.view(-1)
+    if indices.dtype not in (torch.int64, torch.int32):
+        raise TypeError(
+            f"embedding indices must be an int64 or int32 tensor (as F.embedding takes); got {indices.dtype}; "
+            "convert them with .long()"
+        )
+    return indices.detach().reshape(-1).to(torch.int64).contiguous()
+
+
+def _as_capsule(t: torch.Tensor, dtype: torch.dtype):
+    """A capsule of ``t`` as ``dtype``, contiguous; no copy (and no tensor call) when it is so."""
+    if t.dtype is not dtype:
+        t = t.to(dtype)
+    return _capsule(t if t.is_contiguous() and not t.requires_grad else t.detach().contiguous())
+
+
+def embedding_int8(indices: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                   out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The rows ``indices`` (int64/int32, any shape) of a per-row INT8 table ``qweight
+    [rows, dim]``, dequantized: ``[*indices.shape, dim]`` of ``out_dtype``. An index outside
+    ``[0, rows)`` raises IndexError, as ``F.embedding`` does.
+
+    >>> q, scale, zp = quantize_weight_int8(emb.weight, symmetric=False)
+    >>> embedding_int8(torch.tensor([[1, 5]]), q, scale, zp).shape
+    torch.Size([1, 2, dim])
+    """
+    _check_embedding_table(qweight, scale, zero_point)
+    idx = _embedding_indices(indices)
+    dim = qweight.shape[1]
+    if not _embedding_use_c(qweight, idx, out_dtype):
+        out = ref.embedding_int8_gather(qweight.detach(), scale, zero_point, idx.to(qweight.device))
+        return out.to(out_dtype).reshape(*indices.shape, dim)
+    out = torch.empty(idx.shape[0], dim, dtype=out_dtype)
+    _C.embedding_int8_gather(_as_capsule(qweight, qweight.dtype), _as_capsule(scale, torch.float32),
+                             _as_capsule(zero_point, torch.int32), _capsule(idx), _capsule(out), num_threads())
+    return out.view(*indices.shape, dim)
+
+
+def embedding_int8_bag(indices: torch.Tensor, offsets: torch.Tensor, per_sample_weights: torch.Tensor | None,
+                       qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, mode: str = "mean",
+                       padding_idx: int = -1, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Bags of rows of a per-row INT8 table reduced by ``mode`` ("sum", "mean" or "max"):
+    ``indices`` 1-D, ``offsets`` int64 ``[bags + 1]`` (bag b = ``indices[offsets[b]:offsets[b + 1]]``),
+    ``per_sample_weights`` ``[n]`` (mode "sum") or None, rows equal to ``padding_idx`` (-1: none)
+    left out; an empty bag gives zeros. Returns ``[bags, dim]`` of ``out_dtype``.
+
+    >>> embedding_int8_bag(torch.tensor([1, 2, 4]), torch.tensor([0, 2, 3]), None, q, scale, zp, "sum").shape
+    torch.Size([2, dim])
+    """
+    if mode not in ref.EMBEDDING_MODES:
+        raise ValueError(f"mode must be one of {', '.join(map(repr, ref.EMBEDDING_MODES))}; got {mode!r}")
+    if per_sample_weights is not None and mode != "sum":
+        raise NotImplementedError(
+            f"per_sample_weights are only supported for mode='sum' (as in torch); got mode={mode!r}")
+    _check_embedding_table(qweight, scale, zero_point)
+    idx = _embedding_indices(indices)
+    off = offsets.detach().reshape(-1).to(torch.int64).contiguous()
+    if off.numel() < 1:
+        raise ValueError("offsets must hold bags + 1 values (the last one ends the last bag)")
+    if off.numel() > 1 and int(off[0]) != 0:
+        raise ValueError(f"offsets[0] has to be 0 (the first bag starts at position 0), as in torch; got {int(off[0])}")
+    weights = None if per_sample_weights is None else per_sample_weights.detach().reshape(-1).float().contiguous()
+    if weights is not None and weights.numel() != idx.numel():
+        raise ValueError(f"per_sample_weights must hold one value per index ({idx.numel()}); got {weights.numel()}")
+    dim = qweight.shape[1]
+    if not (_embedding_use_c(qweight, idx, out_dtype) and off.is_cpu and (weights is None or weights.is_cpu)):
+        dev = qweight.device
+        out = ref.embedding_int8_bag(qweight.detach(), scale, zero_point, idx.to(dev), off.to(dev),
+                                     None if weights is None else weights.to(dev), mode, padding_idx)
+        return out.to(out_dtype)
+    out = torch.empty(off.numel() - 1, dim, dtype=out_dtype)
+    _C.embedding_int8_bag(_as_capsule(qweight, qweight.dtype), _as_capsule(scale, torch.float32),
+                          _as_capsule(zero_point, torch.int32), _capsule(idx), _capsule(off),
+                          None if weights is None else _capsule(weights), ref.EMBEDDING_MODES[mode], int(padding_idx),
+                          _capsule(out), num_threads())
+    return out
+
+
+def embedding_isas() -> list[str]:
+    """The embedding loops this CPU can run, best last (``[]`` without the C build)."""
+    return [] if _C is None else list(_C.embedding_isas())
+
+
+@contextlib.contextmanager
+def use_embedding_isa(name: str) -> Iterator[None]:
+    """Test hook: force one set of embedding loops inside a ``with`` block (process-wide, not
+    thread-safe), as ``use_linear_isa``.
+
+    >>> with use_embedding_isa("portable"):
+    ...     rows = embedding_int8(ids, q, scale, zp)
+    """
+    if _C is None:
+        raise RuntimeError(f"the C extension mono_quant._C is not built ({_C_IMPORT_ERROR})")
+    before = _C.set_embedding_isa(name)
+    try:
+        yield
+    finally:
+        _C.set_embedding_isa(before)

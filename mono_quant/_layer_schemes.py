@@ -12,9 +12,11 @@ import torch
 from torch import nn
 
 from ._layer_options import layer_override
+from ._layers import state_kind
 from .config import QuantizationConfig
 from .info import QuantizationInfo
 from .schemes.base import Scheme
+from .schemes.embedding import EMBEDDING_TYPES, EmbeddingScheme
 from .schemes.registry import get_scheme
 from .selection import name_matches
 
@@ -35,20 +37,37 @@ class LayerSchemes:
         self.config = config
         self.default: Scheme = get_scheme(config.dtype)(config)
         self._entries: list[tuple[str, Scheme]] = []
+        # quantize_embeddings: the tables of a layer whose scheme's config asks for it
+        self._tables: dict[int, Scheme] = {}
         for pattern, overrides in config.layer_config.items():
             layer_config = layer_override(config, overrides)
             self._entries.append((pattern, get_scheme(layer_config.dtype)(layer_config)))
 
-    def for_layer(self, name: str) -> Scheme:
-        for pattern, scheme in self._entries:
-            if name_matches(name, pattern):
-                return scheme
-        return self.default
+    def for_layer(self, name: str, module: nn.Module | None = None,
+                  tensors: Mapping[str, torch.Tensor] | None = None) -> Scheme:
+        """The scheme of layer ``name``; with ``quantize_embeddings``, the embedding scheme for
+        an embedding ``module`` (or a state_dict layer whose ``tensors`` look like a table)."""
+        scheme = next((s for pattern, s in self._entries if name_matches(name, pattern)), self.default)
+        if scheme.config.quantize_embeddings and _is_table(name, module, tensors):
+            return self._table_scheme(scheme)
+        return scheme
+
+    def _table_scheme(self, scheme: Scheme) -> Scheme:
+        found = self._tables.get(id(scheme))
+        if found is None:
+            found = self._tables[id(scheme)] = EmbeddingScheme(scheme.config)
+        return found
 
     def finish(self, info: QuantizationInfo) -> None:
         """Every scheme's end-of-run warnings, once each."""
-        for scheme in [self.default, *(scheme for _, scheme in self._entries)]:
+        for scheme in [self.default, *(scheme for _, scheme in self._entries), *self._tables.values()]:
             scheme.finish(info)
+
+
+def _is_table(name: str, module: nn.Module | None, tensors: Mapping[str, torch.Tensor] | None) -> bool:
+    if module is not None:
+        return isinstance(module, EMBEDDING_TYPES)
+    return tensors is not None and state_kind(name, tensors) == "Embedding-like"
 
 
 def pattern_warnings(names: Iterable[str], config: QuantizationConfig) -> list[str]:

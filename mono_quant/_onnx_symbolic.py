@@ -233,7 +233,35 @@ def dequantize_linear(g, packed, out_features, in_features, group_size, dtype):
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# QuantizedEmbedding: Gather the int8 rows and their scales, dequantize only those
+# ---------------------------------------------------------------------------------------------
+
+
+@sh.parse_args("v", "v", "v", "v", "i")
+def embedding_int8(g, indices, qweight, scale, zero_point, dtype):
+    """The table stays an int8 / uint8 initializer: ``Gather`` picks the rows looked up and
+    their scales and zero points, and ``(float(q) - float(zero_point)) * scale`` dequantizes
+    them: exact small integers, then one float32 product, as the C kernel computes."""
+    _check_opset(g, "embedding_int8")
+    rows = g.op("Cast", g.op("Gather", qweight, indices, axis_i=0), to_i=_FLOAT.onnx_type())
+    s = sh._unsqueeze_helper(g, g.op("Gather", _to_float(g, scale), indices, axis_i=0), [-1])
+    z = sh._unsqueeze_helper(g, g.op("Cast", g.op("Gather", zero_point, indices, axis_i=0),
+                                     to_i=_FLOAT.onnx_type()), [-1])
+    return _to_type(g, g.op("Mul", g.op("Sub", rows, z), s), JitScalarType(dtype))
+
+
+def embedding_bag_int8(g, *args):
+    raise OnnxExportError(
+        "cannot export mono_quant::embedding_bag_int8 (a QuantizedEmbeddingBag): ONNX has no bag reduction "
+        "operator to write it with. Keep the EmbeddingBag float for an ONNX export (quantize_embeddings=False, "
+        "or skip_types=['EmbeddingBag'])."
+    )
+
+
 SYMBOLICS = {
+    "embedding_int8": embedding_int8,
+    "embedding_bag_int8": embedding_bag_int8,
     "linear_int8": linear_int8,
     "linear_int4": linear_int4,
     "linear_static": linear_static,

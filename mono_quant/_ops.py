@@ -19,6 +19,9 @@ modules send inputs that need one through ``dequantize_linear`` and ``F.linear``
                                        qweight, scale, zero_point, bias)
     torch.ops.mono_quant.dequantize_int8(qweight, scale, zero_point, dtype)
     torch.ops.mono_quant.fake_quantize_per_tensor(x, scale, zero_point, symmetric)
+    torch.ops.mono_quant.embedding_int8(indices, qweight, scale, zero_point, dtype)
+    torch.ops.mono_quant.embedding_bag_int8(indices, offsets, per_sample_weights, qweight, scale,
+                                            zero_point, mode, padding_idx, dtype)
 
 A traced or exported program that holds these operators needs ``import mono_quant`` before it
 is loaded (``torch.jit.load``, ``torch.export.load``): the import registers them.
@@ -206,3 +209,50 @@ def _refuse_dynamo_onnx(op: str, module: str, out_features: int, in_features: in
             "mono_quant.export_onnx(model, example_inputs, path), or torch.onnx.export(..., dynamo=False) "
             "after `import mono_quant`: both write standard QDQ / MatMulNBits graphs that ONNX Runtime runs."
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Embeddings (QuantizedEmbedding, QuantizedEmbeddingBag): per-row INT8 tables, rows gathered.
+# ---------------------------------------------------------------------------------------------
+
+_SCHEMAS.update({
+    "embedding_int8": ("embedding_int8(Tensor indices, Tensor qweight, Tensor scale, Tensor zero_point, "
+                       "ScalarType dtype) -> Tensor"),
+    "embedding_bag_int8": ("embedding_bag_int8(Tensor indices, Tensor offsets, Tensor? per_sample_weights, "
+                           "Tensor qweight, Tensor scale, Tensor zero_point, str mode, int padding_idx, "
+                           "ScalarType dtype) -> Tensor"),
+})
+
+
+@_register("embedding_int8")
+def embedding_int8(indices, qweight, scale, zero_point, dtype):
+    return K.embedding_int8(indices, qweight, scale, zero_point, dtype)
+
+
+@_register("embedding_bag_int8")
+def embedding_bag_int8(indices, offsets, per_sample_weights, qweight, scale, zero_point, mode, padding_idx, dtype):
+    return K.embedding_int8_bag(indices, offsets, per_sample_weights, qweight, scale, zero_point, mode,
+                                padding_idx, dtype)
+
+
+@_fake("embedding_int8")
+def _embedding_int8_fake(indices, qweight, scale, zero_point, dtype):
+    if torch.onnx.is_in_onnx_export():
+        raise RuntimeError(
+            "torch.onnx.export(dynamo=True) cannot translate mono_quant::embedding_int8 (a QuantizedEmbedding "
+            f"layer, {qweight.shape[0]} x {qweight.shape[1]}). Export with mono_quant.export_onnx(model, "
+            "example_inputs, path) or torch.onnx.export(..., dynamo=False) after `import mono_quant`: both write "
+            "a Gather of the int8 table and its per-row scales, dequantized in the graph."
+        )
+    return qweight.new_empty(*indices.shape, qweight.shape[1], dtype=dtype)
+
+
+@_fake("embedding_bag_int8")
+def _embedding_bag_int8_fake(indices, offsets, per_sample_weights, qweight, scale, zero_point, mode, padding_idx,
+                             dtype):
+    if torch.onnx.is_in_onnx_export():
+        raise RuntimeError(
+            "ONNX export of QuantizedEmbeddingBag is not supported (ONNX has no bag reduction); keep the "
+            "EmbeddingBag float (quantize_embeddings=False, or skip_types=['EmbeddingBag']) to export this model."
+        )
+    return qweight.new_empty(offsets.shape[0] - 1, qweight.shape[1], dtype=dtype)

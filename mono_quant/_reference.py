@@ -720,3 +720,63 @@ def _gptq_check(w: torch.Tensor, v: torch.Tensor, perm: torch.Tensor | None, sca
 _GPTQ_ARG_MESSAGE = ("gptq_int4: an argument is out of range (group_size one of 32, 64, 128, 256; "
                      "block_size >= 1; scales finite and > 0; zero points 0..15; v[i][i] > 0; "
                      "perm a permutation of 0..k-1)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Embeddings: per-row INT8 tables, gather and bags (csrc/embedding.c).
+# ---------------------------------------------------------------------------------------------
+
+EMBEDDING_MODES = {"sum": 0, "mean": 1, "max": 2}  # mq_embedding_mode
+
+
+def _check_embedding_indices(idx: torch.Tensor, rows: int) -> None:
+    if idx.numel() and not bool(((idx >= 0) & (idx < rows)).all()):
+        raise IndexError("embedding: index out of range in self (every index must be >= 0 and < the table's "
+                         "num_embeddings)")
+
+
+def _embedding_rows(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Rows ``r`` of the table as float32: ``float(q - zero_point) * scale``, one rounding."""
+    w = q.index_select(0, r).to(torch.int32) - zero_point.index_select(0, r).to(torch.int32).unsqueeze(1)
+    return w.float() * scale.index_select(0, r).float().unsqueeze(1)
+
+
+def embedding_int8_gather(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                          idx: torch.Tensor) -> torch.Tensor:
+    """Twin of ``mq_embedding_int8_gather``: the rows ``idx`` (int64 ``[n]``) of the table
+    ``q [rows, dim]``, dequantized, float32 ``[n, dim]``."""
+    _check_embedding_indices(idx, q.shape[0])
+    return _embedding_rows(q, scale, zero_point, idx)
+
+
+def embedding_int8_bag(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, idx: torch.Tensor,
+                       offsets: torch.Tensor, per_sample_weights: torch.Tensor | None, mode: str,
+                       padding_idx: int) -> torch.Tensor:
+    """Twin of ``mq_embedding_int8_bag``: float32 ``[bags, dim]``, bag ``b`` reducing the rows
+    ``idx[offsets[b]:offsets[b + 1]]`` (``offsets`` int64 ``[bags + 1]``) in index order,
+    rows equal to ``padding_idx`` (-1: none) skipped. Step ``j`` handles the j-th row of
+    every bag at once, so each bag's sum runs in the C kernel's order."""
+    bags, dim = offsets.numel() - 1, q.shape[1]
+    if bool(offsets[0] < 0) or bool(offsets[-1] > idx.numel()) or bool((offsets[1:] < offsets[:-1]).any()):
+        raise ValueError(f"offsets must be non-decreasing and within [0, {idx.numel()}] (the number of indices)")
+    starts, lengths = offsets[:-1], offsets[1:] - offsets[:-1]
+    if bags:
+        _check_embedding_indices(idx[int(offsets[0]):int(offsets[-1])], q.shape[0])
+    acc = torch.zeros(bags, dim, dtype=torch.float32, device=q.device)
+    count = torch.zeros(bags, 1, dtype=torch.int64, device=q.device)
+    longest = int(lengths.max()) if bags else 0
+    for j in range(longest):
+        active = lengths > j
+        pos = torch.where(active, starts + j, torch.zeros_like(starts))
+        r = idx[pos]
+        take = (active & (r != padding_idx)).unsqueeze(1)
+        rows = _embedding_rows(q, scale, zero_point, torch.where(take.squeeze(1), r, torch.zeros_like(r)))
+        if mode == "max":
+            new = torch.where(count == 0, rows, torch.maximum(acc, rows))
+        else:
+            new = acc + (rows if per_sample_weights is None else rows * per_sample_weights[pos].float().unsqueeze(1))
+        acc = torch.where(take, new, acc)
+        count = count + take
+    if mode == "mean":
+        acc = torch.where(count > 0, acc / count.clamp_min(1).float(), acc)
+    return acc

@@ -8,6 +8,7 @@ for structure (shapes, conv strides, ...); each must agree with the other.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ from torch import nn
 from ._file_metadata import FileMetadata, LayerEntry
 from ._skeleton_buffers import BufferValues, buffer_values, meta_buffers
 from .errors import CorruptFileError
+from .formats import format_for_layer_of
 from .state_dict import join_key, split_key
 
 _SHOWN = 3
@@ -68,6 +70,8 @@ def _plan_layers(by_name, names_of, tensors, meta: FileMetadata, consumed: set[s
         if module is None:
             raise CorruptFileError(path, f"{where} has no module of that name in the model; "
                                          "load into a model of the architecture that was saved")
+        if type(module) not in entry.fmt.float_types and meta.layout == "state_dict":
+            entry = as_layer_of(entry, module)
         if type(module) not in entry.fmt.float_types:
             wanted = " or ".join(t.__name__ for t in entry.fmt.float_types)
             raise CorruptFileError(path, f"{where} replaces a {wanted}, but the model has a "
@@ -95,6 +99,20 @@ def _plan_layers(by_name, names_of, tensors, meta: FileMetadata, consumed: set[s
                                                      f"under {entry.name!r}")
                     consumed.add(key)
     return replaced
+
+
+def as_layer_of(entry: LayerEntry, module: nn.Module) -> LayerEntry:
+    """A state_dict-made file records a layer by its tensors (an INT8 table reads as
+    "int8_linear"): the entry as the format that reads the same tensors for ``module``'s type,
+    or unchanged when none does.
+
+    >>> as_layer_of(entry, nn.Embedding(10, 4)).kind
+    'int8_embedding'
+    """
+    found = format_for_layer_of(entry.fmt, entry.params, module)
+    if found is None:
+        return entry
+    return dataclasses.replace(entry, kind=found[0].kind, fmt=found[0], params=found[1])
 
 
 def _plan_plain(model, by_name, replaced_names, tensors, consumed, plan: _Plan, path) -> None:

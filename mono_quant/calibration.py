@@ -28,6 +28,7 @@ from ._working_copy import inference, working_copy
 from .config import QuantizationConfig
 from .observers import Observer, get_observer
 from .report.display import ReportDisplay
+from .schemes.embedding import EMBEDDING_TYPES, EmbeddingScheme
 from .schemes.static_int8 import StaticInt8Scheme
 from .selection import module_skip_reason, parameter_owners
 
@@ -150,17 +151,21 @@ def static_config(config: Any, options: Mapping[str, Any]) -> QuantizationConfig
     return cfg
 
 
-def select_layers(model: nn.Module, cfg: QuantizationConfig) -> tuple[dict[str, nn.Module], dict[str, str]]:
+def select_layers(model: nn.Module, cfg: QuantizationConfig, *,
+                  tables: bool = False) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """The layers static quantization converts (name -> module) and the skipped ones
-    (name -> reason), by the same rules as ``dynamic_quantize``."""
+    (name -> reason), by the same rules as ``dynamic_quantize``; with ``tables``, the
+    embedding tables ``quantize_embeddings`` converts too (they need no calibration)."""
     scheme = StaticInt8Scheme(cfg)
+    table_scheme = EmbeddingScheme(cfg) if tables else None
     owners = parameter_owners(model)
     chosen: dict[str, nn.Module] = {}
     skipped: dict[str, str] = {}
     for name, module in model.named_modules():
         if not own_tensors(module):
             continue
-        reason = module_skip_reason(name, module, scheme, owners)
+        layer_scheme = table_scheme if table_scheme is not None and isinstance(module, EMBEDDING_TYPES) else scheme
+        reason = module_skip_reason(name, module, layer_scheme, owners)
         if reason is None:
             chosen[name] = module
         else:

@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--min-params", type=_count, metavar="N", help="layers with fewer parameters stay float")
     quantize.add_argument("--asymmetric", action="store_const", const=False, dest="symmetric",
                           help="use zero points (uint8) instead of symmetric int8")
+    quantize.add_argument("--quantize-embeddings", action="store_const", const=True, dest="quantize_embeddings",
+                          help="also store embedding tables (2-D weights whose layer name contains 'embed') as INT8 "
+                               "per row")
     quantize.add_argument("--config", metavar="FILE", help="a mono_quant.toml or pyproject.toml with options")
     quantize.add_argument("--jobs", type=_positive, default=1, metavar="N",
                           help="quantize N shards at once, each in its own process (folder output; default: 1)")
@@ -189,6 +192,7 @@ def _quantize(args: argparse.Namespace) -> int:
     info = quantize_checkpoint(
         args.src, args.dst, args.dtype, config=args.config, group_size=args.group_size,
         modules_to_not_convert=args.skip, min_params=args.min_params, symmetric=args.symmetric, jobs=args.jobs,
+        quantize_embeddings=args.quantize_embeddings,
     )
     if not args.quiet:
         print(info)

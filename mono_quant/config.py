@@ -74,6 +74,12 @@ class QuantizationConfig:
                             e.g. ``{"lm_head": "int8", "*.attention.*": {"group_size": 32}}``.
                             Options: dtype ("int8", "int4"), symmetric, per_channel, group_size,
                             scale_method. A pattern that matches no layer is a warning.
+    quantize_embeddings:    also quantize nn.Embedding and nn.EmbeddingBag tables (exactly those
+                            types; in a state_dict, 2-D weights whose layer name contains
+                            "embed") as INT8 per row, asymmetric unless ``symmetric`` is set,
+                            whatever the run's dtype (int8 or int4). Off by default. Tables tied
+                            to another layer (a language-model head sharing the weight) stay
+                            float, as do tables with max_norm, sparse or scale_grad_by_freq.
     compute_sqnr:           measure each converted weight's SQNR (dB) for the report.
     validate:               run ``mono_quant.validate``'s checks (SQNR, size, save + load,
                             value ranges) at the end of ``dynamic_quantize``.
@@ -121,6 +127,7 @@ class QuantizationConfig:
     min_params: int = 512
     filter_fn: Callable[[str, nn.Module | None], bool] | None = None
     layer_config: Mapping[str, Any] = field(default_factory=dict)
+    quantize_embeddings: bool = False
     compute_sqnr: bool = True
     validate: bool = True
     on_failure: str = "warn"
@@ -145,8 +152,11 @@ class QuantizationConfig:
         object.__setattr__(self, "_symmetric_given", self.symmetric is not None)
         if self.symmetric is None:
             _set("symmetric", default_symmetric(self.dtype))
-        for name in ("symmetric", "per_channel", "compute_sqnr", "validate"):
+        for name in ("symmetric", "per_channel", "quantize_embeddings", "compute_sqnr", "validate"):
             _check_bool(name, getattr(self, name))
+        if self.quantize_embeddings and self.dtype == "fp16":
+            raise ValueError("quantize_embeddings=True makes embedding tables INT8 next to int8 or int4 layers; "
+                             "dtype='fp16' already stores every table in float16: drop one of the two")
         _check_choice("on_failure", self.on_failure, ON_FAILURE)
         _check_choice("group_size", self.group_size, GROUP_SIZES, integer=True)
         _check_choice("scale_method", self.scale_method, SCALE_METHODS)

@@ -127,7 +127,7 @@ def _convert_one(name, module, schemes: LayerSchemes, owners, info: Quantization
     tensors = own_tensors(module)
     if not tensors:
         return None, None
-    scheme = schemes.for_layer(name)
+    scheme = schemes.for_layer(name, module)
     reason = module_skip_reason(name, module, scheme, owners)
     if reason is not None:
         info.add(skipped_layer(name, type(module).__name__, tensors, reason))

@@ -36,6 +36,9 @@ DEFAULT_FLOAT_TYPES: tuple[type[nn.Module], ...] = (
     nn.BatchNorm3d,
 ) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
 
+_TABLES = (nn.Embedding, nn.EmbeddingBag)
+
+
 def name_matches(name: str, pattern: str) -> bool:
     """True when module ``name`` or one of its parents equals ``pattern``, ends with
     ``"." + pattern``, or matches it as an fnmatch pattern (``*``, ``?``, ``[...]``).
@@ -103,8 +106,10 @@ def module_skip_reason(
     )
 
 
-def state_skip_reason(prefix: str, tensors: Mapping[str, torch.Tensor], scheme: Scheme) -> str | None:
+def state_skip_reason(prefix: str, tensors: Mapping[str, torch.Tensor], scheme: Scheme,
+                      tied_to: str | None = None) -> str | None:
     """Why the state_dict entries of layer ``prefix`` stay as they are, or None to convert them.
+    ``tied_to``: another layer whose weight is this one's (``tied_weights``).
 
     >>> state_skip_reason("fc", {"weight": torch.randn(4, 4)}, Int8Scheme(QuantizationConfig()))
     'has 16 parameters, fewer than min_params=512'
@@ -118,7 +123,28 @@ def state_skip_reason(prefix: str, tensors: Mapping[str, torch.Tensor], scheme: 
         or scheme.skip_state_reason(prefix, tensors)
         or _state_type_reason(prefix, tensors, config, scheme.whole_model)
         or _state_tensor_reason(tensors, config, scheme.whole_model)
+        or (_tied_reason(tied_to) if tied_to is not None and not scheme.whole_model else None)
     )
+
+
+def tied_weights(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Layer prefix -> another layer whose ``weight`` entry is the same tensor memory (a state_dict
+    of a model with tied weights holds one tensor under both names), for every such layer.
+
+    >>> tied_weights({"embed.weight": w, "head.weight": w})
+    {'embed': 'head', 'head': 'embed'}
+    """
+    holders: dict[tuple, list[str]] = {}
+    for key, tensor in state.items():
+        prefix, _, attr = key.rpartition(".")
+        if attr == "weight" and isinstance(tensor, torch.Tensor) and tensor.numel() and not tensor.is_meta:
+            where = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+            holders.setdefault(where, []).append(prefix)
+    return {p: next(o for o in group if o != p) for group in holders.values() if len(group) > 1 for p in group}
+
+
+def _tied_reason(other: str) -> str:
+    return f"its weight is shared with {other!r} (tied); converting it would untie them, so both stay float"
 
 
 def _name_reason(name: str, config: QuantizationConfig) -> str | None:
@@ -156,8 +182,10 @@ def _type_reason(cls: type[nn.Module], config: QuantizationConfig, scheme: Schem
         return f"type {cls.__name__} is not in layer_types ({', '.join(map(_spec_name, config.layer_types))})"
     if scheme.whole_model:
         return None
-    if not chosen and issubclass(cls, DEFAULT_FLOAT_TYPES):
-        return f"{cls.__name__} stays float (embeddings and norms are not quantized by default)"
+    converts_kind = any(issubclass(cls, t) for t in scheme.supported_types)
+    if not chosen and issubclass(cls, DEFAULT_FLOAT_TYPES) and not converts_kind:
+        hint = "; pass quantize_embeddings=True to make embeddings INT8" if issubclass(cls, _TABLES) else ""
+        return f"{cls.__name__} stays float (embeddings and norms are not quantized by default{hint})"
     if cls not in scheme.supported_types:
         supported = ", ".join(t.__name__ for t in scheme.supported_types)
         parent = next((t for t in scheme.supported_types if issubclass(cls, t)), None)
@@ -185,10 +213,7 @@ def _tensor_reason(
     for param in params:
         others = [o for o in owners.get(id(param), []) if o != name]
         if others:
-            return (
-                f"its weight is shared with {others[0]!r} (tied); converting it would untie "
-                "them, so both stay float"
-            )
+            return _tied_reason(others[0])
     return None
 
 
@@ -248,10 +273,10 @@ def _state_type_reason(
     if config.layer_types and not chosen:
         what = f"a {kind}-like weight" if kind else "not a Linear- or Conv2d-like weight"
         return f"{what}, not in layer_types ({', '.join(map(_spec_name, config.layer_types))})"
-    if kind == "Embedding" and not chosen and not whole_model:
+    if kind == "Embedding" and not chosen and not whole_model and not config.quantize_embeddings:
         return (
             "its name says it is an embedding, and embeddings stay float; "
-            "pass layer_types=['Embedding'] to quantize it"
+            "pass quantize_embeddings=True to make it INT8 per row"
         )
     return None
 

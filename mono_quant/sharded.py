@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ._files import open_regular
+from ._files import open_regular, remove_stale_partials
 from ._json import loads_untrusted
 from ._layer_schemes import LayerSchemes
 from .config import QuantizationConfig
@@ -79,6 +79,8 @@ def quantize_to_folder(source: Checkpoint, src: str | os.PathLike[str], dst: str
         for path in created + [folder / _partial(shard) for shard in plan]:
             if path.exists():
                 path.unlink()
+        for shard in plan:  # the scratch files of a worker killed while writing (another one failed)
+            remove_stale_partials(folder / _partial(shard))
         raise
     return info
 

@@ -17,7 +17,7 @@ import torch
 from ._layers import skipped_layer, state_kind
 from .info import QuantizationInfo
 from .schemes.registry import get_scheme, scheme_names
-from .selection import state_skip_reason
+from .selection import state_skip_reason, tied_weights
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -53,17 +53,24 @@ def quantize_state_dict(state_dict: Mapping[str, Any], schemes: Any, info: Quant
     >>> new_sd = quantize_state_dict(model.state_dict(), Int8Scheme(config), info)
     """
     converted: dict[str, dict[str, torch.Tensor]] = {}
+    tied = tied_weights(state_dict)
+    kept: set[str] = set()
     with torch.no_grad():
         for prefix, tensors in group_by_layer(state_dict).items():
-            converted[prefix], record = convert_state_layer(prefix, tensors, schemes)
+            converted[prefix], record = convert_state_layer(prefix, tensors, schemes, tied.get(prefix))
             info.add(record)
+            if prefix in tied and not record.quantized:
+                kept.add(prefix)
+                if tied[prefix] in kept:  # one copy for both names, as in the original
+                    converted[prefix]["weight"] = converted[tied[prefix]]["weight"]
     return _rebuild(state_dict, converted)
 
 
-def convert_state_layer(prefix: str, tensors: Mapping[str, torch.Tensor], schemes: Any):
-    """The new entries of one state_dict layer (copies when it is skipped) and its record."""
-    scheme = schemes.for_layer(prefix) if hasattr(schemes, "for_layer") else schemes
-    reason = state_skip_reason(prefix, tensors, scheme)
+def convert_state_layer(prefix: str, tensors: Mapping[str, torch.Tensor], schemes: Any, tied_to: str | None = None):
+    """The new entries of one state_dict layer (copies when it is skipped) and its record;
+    ``tied_to`` names the layer whose weight this layer's is (both then stay float)."""
+    scheme = schemes.for_layer(prefix, tensors=tensors) if hasattr(schemes, "for_layer") else schemes
+    reason = state_skip_reason(prefix, tensors, scheme, tied_to)
     if reason is None:
         return scheme.convert_state(prefix, tensors)
     return ({k: t.detach().clone() for k, t in tensors.items()},

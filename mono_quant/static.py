@@ -27,6 +27,7 @@ from .calibration import (
 from .config import QuantizationConfig
 from .errors import PartialConversionError
 from .info import LayerInfo, QuantizationInfo
+from .schemes.embedding import EMBEDDING_TYPES, EmbeddingScheme
 from .schemes.static_int8 import StaticInt8Scheme
 
 
@@ -68,7 +69,9 @@ def static_quantize(
     cfg = static_config(config, options)
     check_not_meta(model, "static_quantize")
     root = model if inplace else working_copy(model, "static_quantize")
-    layers, skipped = select_layers(root, cfg)
+    layers, skipped = select_layers(root, cfg, tables=cfg.quantize_embeddings)
+    # Tables (quantize_embeddings) take integer indices: nothing to calibrate, converted as is.
+    tables = {name: layers.pop(name) for name in [n for n, m in layers.items() if isinstance(m, EMBEDDING_TYPES)]}
     if isinstance(calib_data, CalibrationStats):
         stats = calib_data
     else:
@@ -77,7 +80,8 @@ def static_quantize(
     names = [name for name in layers if name in stats.layers]
     if inplace and not (cfg.compute_sqnr and stats.holdout is not None):
         root, records = _swap_one_by_one(root, names, layers, scheme)
-        info = _report(root, cfg, layers, skipped, records, stats)
+        root, table_records = _swap_one_by_one(root, list(tables), tables, EmbeddingScheme(cfg))
+        info = _report(root, cfg, {**layers, **tables}, skipped, {**records, **table_records}, stats)
         after_quantization(root, info)
         return root, info
     converted = {name: scheme.convert_module(name, layers[name]) for name in names}
@@ -85,14 +89,17 @@ def static_quantize(
         sqnr = output_sqnr(root, {name: (layers[name], new) for name, (new, _) in converted.items()}, stats.holdout)
         converted = {name: (new, _with_output_sqnr(record, sqnr.get(name), stats))
                      for name, (new, record) in converted.items()}
-    info = _report(root, cfg, layers, skipped, {name: record for name, (_, record) in converted.items()}, stats)
+    table_scheme = EmbeddingScheme(cfg)
+    converted.update((name, table_scheme.convert_module(name, module)) for name, module in tables.items())
+    info = _report(root, cfg, {**layers, **tables}, skipped,
+                   {name: record for name, (_, record) in converted.items()}, stats)
     root = _swap(root, {name: new for name, (new, _) in converted.items()})
     after_quantization(root, info)
     return root, info
 
 
 def _swap_one_by_one(root: nn.Module, names: list[str], layers: dict[str, nn.Module],
-                     scheme: StaticInt8Scheme) -> tuple[nn.Module, dict[str, LayerInfo]]:
+                     scheme: StaticInt8Scheme | EmbeddingScheme) -> tuple[nn.Module, dict[str, LayerInfo]]:
     """Convert and swap each layer in turn (in place): the float layer leaves ``layers`` and
     the model as soon as its replacement is in, so only one layer is held twice."""
     records: dict[str, LayerInfo] = {}

@@ -26,7 +26,7 @@ from .config import QuantizationConfig
 from .errors import CorruptFileError
 from .info import QuantizationInfo
 from .io import check_folder, check_state_layer, file_kind, load_pt_untrusted, run_dtype, state_layer_entry
-from .selection import state_skip_reason
+from .selection import state_skip_reason, tied_weights
 from .state_dict import join_key, split_key
 
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -106,10 +106,11 @@ def quantize_layers(source: Checkpoint, only: set[str] | None, sink, schemes: La
     """Quantize the layers of ``source`` (those in ``only``, else all) one at a time into
     ``sink``; returns the metadata of what was written (records go to ``info``)."""
     layers, checksums = {}, {}
+    tied = source.tied()
     with torch.no_grad():
         for prefix, tensors in source.layers(only):
-            scheme = schemes.for_layer(prefix)
-            reason = state_skip_reason(prefix, tensors, scheme)
+            scheme = schemes.for_layer(prefix, tensors=tensors)
+            reason = state_skip_reason(prefix, tensors, scheme, tied.get(prefix))
             if reason is None:
                 out, record = scheme.convert_state(prefix, tensors)
             else:
@@ -148,6 +149,11 @@ class Checkpoint:
         for prefix, names in self.groups().items():
             if only is None or prefix in only:
                 yield prefix, {split_key(n)[1]: t for n, t in self.read(names).items()}
+
+    def tied(self) -> dict[str, str]:
+        """Layers whose weight is another layer's (``selection.tied_weights``): possible in a
+        .pt state_dict only (safetensors stores no shared tensors)."""
+        return {} if self._whole is None else tied_weights(self._whole)
 
     def groups(self) -> dict[str, list[str]]:
         """Layer prefix -> its tensor names, in file order."""

@@ -226,7 +226,8 @@ def test_default_rules_under_int4():
     qmodel, info = dynamic_quantize(Net(), "int4", min_params=0)
     assert int4_layers(qmodel) == INT4_LAYERS and type(qmodel.conv) is QuantizedConv2d
     assert info.skipped == {
-        "embed": "Embedding stays float (embeddings and norms are not quantized by default)",
+        "embed": "Embedding stays float (embeddings and norms are not quantized by default; pass "
+                 "quantize_embeddings=True to make embeddings INT8)",
         "norm": "LayerNorm stays float (embeddings and norms are not quantized by default)",
     }
     assert type(qmodel.embed) is nn.Embedding and type(qmodel.norm) is nn.LayerNorm

@@ -16,7 +16,8 @@ from torch import nn
 import mono_quant
 from mono_quant import _kernels as K
 from mono_quant.nn import (
-    QuantizedConv2d, QuantizedLinear, QuantizedLinearInt4, StaticQuantizedConv2d, StaticQuantizedLinear,
+    QuantizedConv2d, QuantizedEmbedding, QuantizedEmbeddingBag, QuantizedLinear, QuantizedLinearInt4,
+    StaticQuantizedConv2d, StaticQuantizedLinear,
 )
 
 from helpers import cosine
@@ -38,9 +39,11 @@ MODULES = {
     "conv": lambda: QuantizedConv2d.from_float(nn.Conv2d(3, 8, 3, padding=1)),
     "conv_reflect": lambda: QuantizedConv2d.from_float(nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect")),
     "static_conv": lambda: StaticQuantizedConv2d.from_float(nn.Conv2d(3, 8, 3, stride=2), input_range=(-2.0, 2.0)),
+    "embedding": lambda: QuantizedEmbedding.from_float(nn.Embedding(50, 24, padding_idx=0)),
+    "embedding_bag": lambda: QuantizedEmbeddingBag.from_float(nn.EmbeddingBag(50, 24, mode="max", padding_idx=3)),
 }
 OPS = {"int8": "linear_int8", "int4": "linear_int4", "static": "linear_static", "conv": "dequantize_int8",
-       "static_conv": "fake_quantize_per_tensor"}
+       "static_conv": "fake_quantize_per_tensor", "embedding": "embedding_int8", "embedding_bag": "embedding_bag_int8"}
 
 
 def _op_name(kind: str) -> str:
@@ -48,6 +51,8 @@ def _op_name(kind: str) -> str:
 
 
 def _inputs(kind: str, batch: int) -> torch.Tensor:
+    if "embedding" in kind:  # token ids; a bag module takes each row as one bag
+        return torch.randint(0, 50, (batch, 7))
     return torch.randn(batch, 3, 9, 9) if "conv" in kind else torch.randn(batch, 7, 64)
 
 

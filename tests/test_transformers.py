@@ -267,3 +267,34 @@ def test_static_quantized_llama_round_trips(tmp_path):
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "q")
     assert type(loaded.model.layers[0].mlp.up_proj) is type(q_model.model.layers[0].mlp.up_proj)
     assert torch.equal(logits(loaded), logits(q_model))
+
+
+# ---- quantize_embeddings: tables in every route, tied tables stay float ------------------------
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_llama_tables_with_quantize_embeddings(tie, tmp_path):
+    from mono_quant.nn import QuantizedEmbedding
+
+    model = tiny_llama(tie)
+    options = dict(group_size=32, quantize_embeddings=True)
+    q_model, info = mono_quant.dynamic_quantize(model, "int4", **options)
+    table = QuantizedEmbedding if not tie else nn.Embedding
+    assert type(q_model.model.embed_tokens) is table
+    if tie:  # the head shares the table: both stay float, still one tensor
+        assert q_model.lm_head.weight is q_model.model.embed_tokens.weight
+        assert "tied" in info.layers["model.embed_tokens"].reason
+    q_model.save_pretrained(tmp_path / "q")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "q")
+    assert type(loaded.model.embed_tokens) is table and torch.equal(logits(loaded), logits(q_model))
+    model.save_pretrained(tmp_path / "fp32")
+    on_load = AutoModelForCausalLM.from_pretrained(tmp_path / "fp32", quantization_config=MonoQuantConfig("int4",
+                                                                                                        **options))
+    assert type(on_load.model.embed_tokens) is table and torch.equal(logits(on_load), logits(q_model))
+    mono_quant.quantize_checkpoint(tmp_path / "fp32", tmp_path / "ckpt", "int4", **options)
+    if not tie:
+        from_folder = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
+        assert type(from_folder.model.embed_tokens) is QuantizedEmbedding
+        assert torch.equal(logits(from_folder), logits(q_model))
+    else:  # the file holds the table once (the head is tied to it by the config): refused, never untied
+        with pytest.raises(ValueError, match="ties this layer's weight .*modules_to_not_convert=\\['model.embed_tokens'\\]"):
+            AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")

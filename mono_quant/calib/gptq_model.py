@@ -25,6 +25,7 @@ from .._working_copy import working_copy
 from ..config import QuantizationConfig
 from ..info import LayerInfo, QuantizationInfo
 from ..nn import QuantizedLinearInt4
+from ..schemes.embedding import EMBEDDING_TYPES, EmbeddingScheme
 from ..schemes.int4 import Int4Scheme
 from ..selection import module_skip_reason, parameter_owners
 from ..validate import validate_after_quantization
@@ -111,17 +112,20 @@ def _select(root: nn.Module, scheme: Int4Scheme) -> tuple[dict[str, nn.Linear], 
     candidates: dict[str, nn.Linear] = {}
     fallbacks: dict[nn.Module, nn.Module] = {}
     records: dict[str, LayerInfo] = {}
+    # quantize_embeddings: tables become INT8 per row, data-free, as in dynamic_quantize
+    tables = EmbeddingScheme(scheme.config) if scheme.config.quantize_embeddings else None
     for name, module in root.named_modules():
         tensors = own_tensors(module)
         if not tensors:
             continue
-        reason = module_skip_reason(name, module, scheme, owners)
+        layer_scheme = tables if tables is not None and isinstance(module, EMBEDDING_TYPES) else scheme
+        reason = module_skip_reason(name, module, layer_scheme, owners)
         if reason is not None:
             records[name] = skipped_layer(name, type(module).__name__, tensors, reason)
         elif isinstance(module, nn.Linear) and QuantizedLinearInt4.supports(module, scheme.config.group_size) is None:
             candidates[name] = module
         else:
-            fallbacks[module], records[name] = scheme.convert_module(name, module)
+            fallbacks[module], records[name] = layer_scheme.convert_module(name, module)
     return candidates, fallbacks, records
 
 

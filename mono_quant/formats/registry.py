@@ -67,3 +67,30 @@ def format_for_state(tensors: Mapping[str, torch.Tensor]) -> tuple[LayerFormat, 
         if params is not None:
             return fmt, params
     return None
+
+
+def format_for_float_module(tensors: Mapping[str, torch.Tensor],
+                            module: nn.Module) -> tuple[LayerFormat, dict[str, Any]] | None:
+    """The format (and params) that reads a state_dict layer's tensors (keys without the
+    prefix) AND replaces float ``module``'s type, or None: a file made from a state_dict
+    records a layer by its tensors alone, which an INT8 Linear and an INT8 embedding table
+    share; the model being loaded says which one it is."""
+    for fmt in _BY_KIND.values():
+        if type(module) in fmt.float_types:
+            params = fmt.params_from_state(fmt.to_module_names(tensors))
+            if params is not None:
+                return fmt, params
+    return None
+
+
+def format_for_layer_of(fmt: LayerFormat, params: Mapping[str, Any],
+                        module: nn.Module) -> tuple[LayerFormat, dict[str, Any]] | None:
+    """``format_for_float_module`` from a layer's record alone (``fmt`` and ``params``: the
+    tensors' dtypes and shapes are what the formats look at, so meta tensors stand in).
+
+    >>> format_for_layer_of(get_format("int8_linear"), params, nn.Embedding(10, 4))[0].kind
+    'int8_embedding'
+    """
+    tensors = {fmt.state_key(name): torch.empty(spec.shape, dtype=spec.dtypes[0], device="meta")
+               for name, spec in fmt.expected_tensors(params).items()}
+    return format_for_float_module(tensors, module)

@@ -31,7 +31,8 @@ FORMAT_VERSION = 1
 LAYOUTS = ("module", "state_dict")
 # Options written to config.json: how layers are chosen and quantized (not run-time switches).
 SAVED_OPTIONS = ("dtype", "symmetric", "per_channel", "group_size", "scale_method", "modules_to_not_convert",
-                 "layer_types", "skip_types", "layer_names", "skip_names", "min_params", "layer_config")
+                 "layer_types", "skip_types", "layer_names", "skip_names", "min_params", "layer_config",
+                 "quantize_embeddings")
 _RESERVED = ("quant_method", "format_version", "mono_quant_version", "layout", "layers")
 
 

@@ -51,6 +51,7 @@ except ImportError as _exc:  # transformers 4.x has another quantizer API
 from .._file_metadata import LayerEntry
 from .._layer_schemes import LayerSchemes
 from .._layers import own_tensors, skipped_layer
+from .._skeleton import as_layer_of
 from ..config import QuantizationConfig
 from ..errors import CorruptFileError
 from ..info import QuantizationInfo
@@ -306,12 +307,21 @@ def _place_slots(model: nn.Module, config: MonoQuantConfig) -> dict[str, LayerEn
     of a head the model lacks are left out, as transformers leaves out their tensors); returns
     the records placed, under the model's names."""
     placed = {}
+    tied = _tied_layers(model)
     for entry in config.layers.values():
         name = _resolve(model, entry.name)
         if name is None:
             continue
         module = model.get_submodule(name)
         where = f"quantization_config layer {entry.name!r} ({entry.kind})"
+        if name in tied:
+            raise ValueError(
+                f"{where}: the model ties this layer's weight to another layer's (tie_word_embeddings), and a "
+                "quantized weight cannot be shared with a float layer. Quantize the float checkpoint again with "
+                f"this layer kept float (modules_to_not_convert=[{entry.name!r}], or without quantize_embeddings), "
+                "or load with tie_word_embeddings=False if the head is stored separately")
+        if type(module) not in entry.fmt.float_types and config.layout == "state_dict":
+            entry = as_layer_of(entry, module)  # a table recorded as "int8_linear" by quantize_checkpoint
         if type(module) not in entry.fmt.float_types:
             wanted = " or ".join(t.__name__ for t in entry.fmt.float_types)
             raise ValueError(f"{where} replaces a {wanted}, but the model has a {type(module).__name__} there; load "
@@ -325,20 +335,26 @@ def _place_slots(model: nn.Module, config: MonoQuantConfig) -> dict[str, LayerEn
     return placed
 
 
+def _tied_layers(model: nn.Module) -> set[str]:
+    """The layers whose weights transformers ties after loading (``all_tied_weights_keys``)."""
+    tied = set()
+    for target, source in (getattr(model, "all_tied_weights_keys", None) or {}).items():
+        tied |= {target.rpartition(".")[0], source.rpartition(".")[0]}
+    return tied
+
+
 def _select_layers(model: nn.Module, schemes: LayerSchemes, info: QuantizationInfo) -> dict[str, Any]:
     """Layer -> scheme for the layers quantize-on-load converts: ``dynamic_quantize``'s rules
     on the meta model, except the value checks (NaN / Inf), which run when the weight arrives.
     Weights transformers ties after loading (``all_tied_weights_keys``) stay float."""
-    tied = set()
-    for target, source in getattr(model, "all_tied_weights_keys", {}).items():
-        tied |= {target.rpartition(".")[0], source.rpartition(".")[0]}
+    tied = _tied_layers(model)
     owners = parameter_owners(model)
     selected = {}
     for name, module in model.named_modules():
         tensors = own_tensors(module)
         if not tensors:
             continue
-        scheme = schemes.for_layer(name)
+        scheme = schemes.for_layer(name, module)
         reason = module_skip_reason(name, module, scheme, owners, check_values=False)
         if reason is None and name in tied:
             reason = "its weight is tied to another module's by the model's config; both stay float"
@@ -387,7 +403,7 @@ class _QuantizeOnLoad(ConversionOps):
             temp = _float_twin(module, value)
             quantized, record = scheme.convert_module(prefix, temp)
         quantized.train(module.training)
-        _replace(model, prefix, _QuantizedSlot(quantized, module.bias, record))
+        _replace(model, prefix, _QuantizedSlot(quantized, getattr(module, "bias", None), record))
         if missing_keys is not None:
             missing_keys.discard(full_layer_name)
         return {}
