@@ -39,7 +39,7 @@ MODULES = {
     "conv_reflect": lambda: QuantizedConv2d.from_float(nn.Conv2d(3, 8, 3, padding=1, padding_mode="reflect")),
     "static_conv": lambda: StaticQuantizedConv2d.from_float(nn.Conv2d(3, 8, 3, stride=2), input_range=(-2.0, 2.0)),
 }
-OPS = {"int8": "linear_int8", "int4": "linear_int4", "static": "linear_static", "conv": "dequantize_int8",
+OPS = {"int8": "linear_int8", "int4": "linear_int4", "static": "linear_static_packed", "conv": "dequantize_int8",
        "static_conv": "fake_quantize_per_tensor"}
 
 
