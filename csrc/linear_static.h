@@ -2,15 +2,17 @@
  * linear_static.h : the packed static-INT8 Linear (StaticQuantizedLinear's forward): its packed
  * layout, the job a forward call hands to the per-ISA tile functions, and their table.
  *
- * Included by files compiled with different ISA flags (linear_static.c,
- * linear_static_avx512.c): types, constants, declarations and static inline code only.
+ * Included by files compiled with different ISA flags (linear_static_packed.c,
+ * linear_static_avx2.c, linear_static_avx512.c): types, constants, declarations and static inline code only.
  *
  * ---- packed layout --------------------------------------------------------------------------
  * The INT8 packed weight of linear.h (header, tiles of 16 rows: wu = w + 128 four k at a time,
  * scale[16], zero[16]) -- the same bytes mq_linear_int8_pack writes, so the dynamic and the
  * static kernels share the weight layout and its SIMD inner loop -- followed by
- *     int64 qsum[tiles * 16],   qsum[r] = sum_{i < k} (q[r][i] - zero_point[r])   (0 for padding)
- * which a per-tensor input zero point needs (below).
+ *     int64 qsum[tiles * 16],   qsum[r] = sum_{i < k} (q[r][i] - zero_point[r])   (0 for padding),
+ *                               which a per-tensor input zero point needs (below)
+ *     float max_scale, 60 zero bytes     max_r scale[r]: the per-call check that every
+ *                                        x_scale * scale[r] is finite is one product, not n
  *
  * ---- what a forward computes -----------------------------------------------------------------
  * The input x (float) is quantized with the calibrated scale s and zero point zp as
@@ -41,6 +43,7 @@
 /* Longest k a tile function sums in one int32 pass (a multiple of MQ_LINEAR_QK):
  * 128 * 255 * 32768 < 2^31 and 255 * 255 * 32768 < 2^31. */
 #define MQ_LINEAR_STATIC_KC 32768
+#define MQ_LINEAR_STATIC_TAIL 64 /* float max_scale, 60 zero bytes */
 
 /* One forward call, as the tile functions see it.  Activations are already quantized. */
 typedef struct {
@@ -48,7 +51,7 @@ typedef struct {
   int64_t tile_bytes;
   int64_t n, kp, nb;     /* nb = kp / 32 */
   int64_t m;
-  const int8_t *xs;      /* [m][kp] */
+  const void *xs;        /* [m][kp]: int8, or int16 where the table's xs_size is 2 */
   /* sum over k quads [q0, q1) (4 k each) of this pass: all of kp when acc64 == NULL */
   int64_t q0, q1;
   /* acc64 == NULL: the whole sum in one pass; the tile function writes out[].
@@ -56,7 +59,7 @@ typedef struct {
   int64_t *acc64;
   const int32_t *sx;     /* [m]: sum xs (mod 2^32: used only when k <= MQ_LINEAR_STATIC_KC) */
   int32_t zs;
-  const int32_t *qsum32; /* [tiles * 16]: qsum mod 2^32 */
+  const int64_t *qsum;   /* [tiles * 16], in the packed weight */
   float x_scale;
   const float *bias;     /* [n] float32, or NULL */
   void *out;             /* [m][n] of out_dtype */
@@ -65,14 +68,16 @@ typedef struct {
 
 typedef struct {
   const char *name;
+  int xs_size; /* bytes per quantized activation: 1 (int8), or 2 (int16, for vpmaddwd) */
   /* Quantize one row (formulas above): xs[0..kp) (zero padded), *sum = sum xs.
    * @return 0 if x holds NaN or Inf, else 1. */
   int (*quantize_row)(const void *x, mq_dtype dtype, int64_t k, int64_t kp, float scale,
-                      int32_t zs, int8_t *xs, int64_t *sum);
+                      int32_t zs, void *xs, int64_t *sum);
   void (*tiles)(const mq_linear_static_job *job, int64_t t0, int64_t t1);
 } mq_linear_static_kernels;
 
 extern const mq_linear_static_kernels mq_linear_static_kernels_portable;
+extern const mq_linear_static_kernels mq_linear_static_kernels_avx2;
 extern const mq_linear_static_kernels mq_linear_static_kernels_avx512_vnni;
 
 /* The scalar form of the quantization step (int8.c's quantize_value, moved to signed bytes). */

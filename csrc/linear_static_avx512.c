@@ -31,7 +31,8 @@ static inline __m512 load16_f32(const void *x, mq_dtype dtype, int64_t i, __mmas
 /* ---- input quantization ------------------------------------------------------------------- */
 
 static int quantize_row_avx512(const void *x, mq_dtype dtype, int64_t k, int64_t kp, float scale,
-                               int32_t zs, int8_t *xs, int64_t *sum) {
+                               int32_t zs, void *xs_out, int64_t *sum) {
+  int8_t *xs = xs_out;
   const __m512 vs = _mm512_set1_ps(scale), vzs = _mm512_set1_ps((float)zs);
   const __m512 tlo = _mm512_set1_ps(-1024.0f), thi = _mm512_set1_ps(1024.0f);
   const __m512 qlo = _mm512_set1_ps(-128.0f), qhi = _mm512_set1_ps(127.0f);
@@ -98,7 +99,10 @@ static inline tile_consts consts_of(const mq_linear_static_job *job, const uint8
   c.n0 = t * MQ_LINEAR_NR;
   c.rows = job->n - c.n0 < MQ_LINEAR_NR ? job->n - c.n0 : MQ_LINEAR_NR;
   c.zw = _mm512_add_epi32(_mm512_loadu_si512(tail + 64), _mm512_set1_epi32(128));
-  c.zq = _mm512_mullo_epi32(_mm512_set1_epi32(job->zs), _mm512_loadu_si512(job->qsum32 + c.n0));
+  /* qsum mod 2^32 (the wrapping sum of linear_static.h): the low halves of 16 int64 */
+  const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_loadu_si512(job->qsum + c.n0))),
+                                       _mm512_cvtepi64_epi32(_mm512_loadu_si512(job->qsum + c.n0 + 8)), 1);
+  c.zq = _mm512_mullo_epi32(_mm512_set1_epi32(job->zs), q);
   c.ws = _mm512_mul_ps(_mm512_set1_ps(job->x_scale), _mm512_loadu_ps((const float *)tail));
   c.bias = job->bias ? _mm512_maskz_loadu_ps(mask_first(c.rows), job->bias + c.n0) : _mm512_setzero_ps();
   return c;
@@ -164,7 +168,7 @@ static inline __attribute__((always_inline)) void gemm(const mq_linear_static_jo
     __m512i w[2];
     for (int j = 0; j < nt; j++) w[j] = _mm512_loadu_si512(tile[j] + q * 64);
     for (int i = 0; i < mr; i++) {
-      const __m512i a = bcast4(job->xs + (m0 + i) * kp + q * 4);
+      const __m512i a = bcast4((const int8_t *)job->xs + (m0 + i) * kp + q * 4);
       for (int j = 0; j < nt; j++) acc[j][i] = _mm512_dpbusd_epi32(acc[j][i], w[j], a);
     }
   }
@@ -195,5 +199,5 @@ static void tiles_avx512(const mq_linear_static_job *job, int64_t t0, int64_t t1
   if (t < t1) gemm_rows(job, t, 1);
 }
 
-const mq_linear_static_kernels mq_linear_static_kernels_avx512_vnni = {"avx512_vnni", quantize_row_avx512,
+const mq_linear_static_kernels mq_linear_static_kernels_avx512_vnni = {"avx512_vnni", 1, quantize_row_avx512,
                                                                        tiles_avx512};

@@ -2,8 +2,9 @@
  * linear_static_packed.c : the packed static-INT8 Linear (layout and formulas in
  * linear_static.h; contract in mono_quant.h, mq_linear_static_packed): packing, the forward
  * driver (checks, scratch, input quantization, threads) and the portable tile function.
- * The SIMD path is linear_static_avx512.c, picked with the dynamic Linear's path (cpu.c), so
- * MONO_QUANT_DISABLE_SIMD and the test hook set_linear_isa force both alike.
+ * The SIMD paths (linear_static_avx2.c, linear_static_avx512.c) are picked with the dynamic
+ * Linear's path of the same name (cpu.c), so MONO_QUANT_DISABLE_SIMD and the test hook
+ * set_linear_isa force both alike.
  */
 #include <math.h>
 #include <stdatomic.h>
@@ -23,10 +24,11 @@ static int64_t tiles_of(int64_t n) { return (n + MQ_LINEAR_NR - 1) / MQ_LINEAR_N
 
 static const mq_linear_static_kernels *active_kernels(void) {
 #if defined(__x86_64__)
-  if (strcmp(mq_linear_active()->name, mq_linear_static_kernels_avx512_vnni.name) == 0)
-    return &mq_linear_static_kernels_avx512_vnni;
+  const char *name = mq_linear_active()->name;
+  if (strcmp(name, mq_linear_static_kernels_avx512_vnni.name) == 0) return &mq_linear_static_kernels_avx512_vnni;
+  if (strcmp(name, mq_linear_static_kernels_avx2.name) == 0) return &mq_linear_static_kernels_avx2;
 #endif
-  return &mq_linear_static_kernels_portable; /* "portable", and "avx2" (no static AVX2 path yet) */
+  return &mq_linear_static_kernels_portable;
 }
 
 const char *mq_linear_static_isa_name(void) { return active_kernels()->name; }
@@ -37,7 +39,7 @@ mq_status mq_linear_static_packed_size(int64_t n, int64_t k, int64_t *bytes) {
   int64_t int8_bytes;
   mq_status st = mq_linear_int8_packed_size(n, k, &int8_bytes);
   if (st != MQ_OK) return st;
-  *bytes = int8_bytes + tiles_of(n) * MQ_LINEAR_NR * (int64_t)sizeof(int64_t);
+  *bytes = int8_bytes + tiles_of(n) * MQ_LINEAR_NR * (int64_t)sizeof(int64_t) + MQ_LINEAR_STATIC_TAIL;
   return MQ_OK;
 }
 
@@ -48,7 +50,7 @@ mq_status mq_linear_static_pack(const void *qweight, mq_dtype q_dtype, const flo
   mq_status st = mq_linear_static_packed_size(n, k, &bytes);
   if (st != MQ_OK) return st;
   if (packed_bytes != bytes) return MQ_ERR_SHAPE;
-  int8_bytes = bytes - tiles_of(n) * MQ_LINEAR_NR * (int64_t)sizeof(int64_t);
+  int8_bytes = bytes - tiles_of(n) * MQ_LINEAR_NR * (int64_t)sizeof(int64_t) - MQ_LINEAR_STATIC_TAIL;
   st = mq_linear_int8_pack(qweight, q_dtype, scale, zero_point, n, k, packed, int8_bytes, num_threads);
   if (st != MQ_OK) return st;
   uint8_t *qsum = (uint8_t *)packed + int8_bytes;
@@ -66,13 +68,19 @@ mq_status mq_linear_static_pack(const void *qweight, mq_dtype q_dtype, const flo
     }
     memcpy(qsum + r * (int64_t)sizeof s, &s, sizeof s);
   }
+  uint8_t tail[MQ_LINEAR_STATIC_TAIL] = {0};
+  float max_scale = 0.0f; /* every scale is finite and > 0: mq_linear_int8_pack checked */
+  for (int64_t r = 0; r < n; r++) max_scale = scale[r] > max_scale ? scale[r] : max_scale;
+  memcpy(tail, &max_scale, sizeof max_scale);
+  memcpy(qsum + tiles_of(n) * MQ_LINEAR_NR * (int64_t)sizeof(int64_t), tail, sizeof tail);
   return MQ_OK;
 }
 
 /* ---- portable path ------------------------------------------------------------------------ */
 
 static int quantize_row_portable(const void *x, mq_dtype dtype, int64_t k, int64_t kp, float scale,
-                                 int32_t zs, int8_t *xs, int64_t *sum) {
+                                 int32_t zs, void *xs_out, int64_t *sum) {
+  int8_t *xs = xs_out;
   int64_t s = 0;
   for (int64_t i = 0; i < k; i++) {
     const float v = mq_load_f32(x, dtype, i);
@@ -86,6 +94,12 @@ static int quantize_row_portable(const void *x, mq_dtype dtype, int64_t k, int64
   return 1;
 }
 
+static int64_t qsum_at(const int64_t *qsum, int64_t r) {
+  int64_t v;
+  memcpy(&v, (const char *)qsum + r * (int64_t)sizeof v, sizeof v); /* any alignment */
+  return v;
+}
+
 static void tiles_portable(const mq_linear_static_job *job, int64_t t0, int64_t t1) {
   const int64_t nb = job->nb;
   for (int64_t t = t0; t < t1; t++) {
@@ -97,7 +111,7 @@ static void tiles_portable(const mq_linear_static_job *job, int64_t t0, int64_t 
     float ws[MQ_LINEAR_NR];
     for (int r = 0; r < MQ_LINEAR_NR; r++) ws[r] = job->x_scale * tail.scale[r];
     for (int64_t m = 0; m < job->m; m++) {
-      const int8_t *a = job->xs + m * job->kp;
+      const int8_t *a = (const int8_t *)job->xs + m * job->kp;
       int32_t acc[MQ_LINEAR_NR] = {0};
       for (int64_t q = job->q0; q < job->q1; q++) {
         const uint8_t *w = tile + q * 64;
@@ -112,14 +126,14 @@ static void tiles_portable(const mq_linear_static_job *job, int64_t t0, int64_t 
       for (int r = 0; r < MQ_LINEAR_NR; r++) {
         const uint32_t zw = (uint32_t)(tail.zero[r] + 128);
         acc[r] = (int32_t)((uint32_t)acc[r] - zw * (uint32_t)job->sx[m] -
-                           (uint32_t)job->zs * (uint32_t)job->qsum32[n0 + r]);
+                           (uint32_t)job->zs * (uint32_t)qsum_at(job->qsum, n0 + r));
       }
       mq_linear_static_store(job, m, n0, acc, ws, rows);
     }
   }
 }
 
-const mq_linear_static_kernels mq_linear_static_kernels_portable = {"portable", quantize_row_portable,
+const mq_linear_static_kernels mq_linear_static_kernels_portable = {"portable", 1, quantize_row_portable,
                                                                     tiles_portable};
 
 /* ---- forward driver ----------------------------------------------------------------------- */
@@ -143,7 +157,7 @@ typedef struct {
   int64_t k, kp;
   float scale;
   int32_t zs;
-  int8_t *xs;
+  char *xs;
   int64_t *sx;
   atomic_int nonfinite;
 } act_job;
@@ -154,7 +168,7 @@ static void quantize_rows(void *ctx, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; r++) {
     const void *row = (const char *)job->x + (size_t)(r * job->k) * esize;
     if (!job->kern->quantize_row(row, job->x_dtype, job->k, job->kp, job->scale, job->zs,
-                                 job->xs + r * job->kp, job->sx + r)) {
+                                 job->xs + r * job->kp * job->kern->xs_size, job->sx + r)) {
       atomic_store(&job->nonfinite, 1);
       return;
     }
@@ -194,7 +208,7 @@ static void run_job(const mq_linear_static_job *job, const mq_linear_static_kern
 
 /* k > MQ_LINEAR_STATIC_KC: int64 sums over chunks of KC, then the epilogue in int64. */
 static mq_status run_long_rows(mq_linear_static_job *job, const mq_linear_static_kernels *kern,
-                               const int64_t *sx64, const int64_t *qsum, int num_threads) {
+                               const int64_t *sx64, int num_threads) {
   int64_t *acc64 = calloc((size_t)job->m * (size_t)job->n, sizeof(int64_t));
   if (acc64 == NULL) return MQ_ERR_NOMEM;
   job->acc64 = acc64;
@@ -211,7 +225,7 @@ static mq_status run_long_rows(mq_linear_static_job *job, const mq_linear_static
     const int64_t zw = (int64_t)tail.zero[c % MQ_LINEAR_NR] + 128;
     const float ws = job->x_scale * tail.scale[c % MQ_LINEAR_NR];
     for (int64_t m = 0; m < job->m; m++) {
-      const int64_t total = acc64[m * job->n + c] - zw * sx64[m] - (int64_t)job->zs * qsum[c];
+      const int64_t total = acc64[m * job->n + c] - zw * sx64[m] - (int64_t)job->zs * qsum_at(job->qsum, c);
       float v = (float)total * ws;
       if (job->bias) v = v + job->bias[c];
       mq_store_f32(job->out, job->out_dtype, m * job->n + c, v);
@@ -223,18 +237,11 @@ static mq_status run_long_rows(mq_linear_static_job *job, const mq_linear_static
 
 static size_t align64(size_t v) { return (v + 63) & ~(size_t)63; }
 
-/* The scale checks of mq_linear_static_int8, on the tile tails: each w_scale finite and > 0
- * and its product with x_scale finite. */
-static int scales_ok(const uint8_t *tiles, int64_t tile_bytes, int64_t nb, int64_t n, float x_scale) {
-  for (int64_t t = 0; t < tiles_of(n); t++) {
-    mq_linear_int8_tile_tail tail;
-    memcpy(&tail, tiles + t * tile_bytes + nb * MQ_LINEAR_INT8_BLOCK_BYTES, sizeof tail);
-    for (int64_t r = 0; r < MQ_LINEAR_NR && t * MQ_LINEAR_NR + r < n; r++) {
-      const float s = tail.scale[r];
-      if (!(isfinite(s) && s > 0.0f) || !isfinite(x_scale * s)) return 0;
-    }
-  }
-  return 1;
+/* 1 if every value of a float32 bias is finite (written to vectorize). */
+static int finite_f32(const float *v, int64_t n) {
+  int bad = 0;
+  for (int64_t i = 0; i < n; i++) bad |= !(fabsf(v[i]) <= 3.40282347e38f);
+  return !bad;
 }
 
 mq_status mq_linear_static_packed(const void *x, mq_dtype x_dtype, int64_t m, float x_scale,
@@ -247,43 +254,43 @@ mq_status mq_linear_static_packed(const void *x, mq_dtype x_dtype, int64_t m, fl
   if (m < 0 || n < 1 || k < 1) return MQ_ERR_SHAPE;
   mq_status st = check_packed(packed, packed_bytes, n, k);
   if (st != MQ_OK) return st;
-  const int32_t off = x_qdtype == MQ_U8 ? 128 : 0;
-  if (!(isfinite(x_scale) && x_scale > 0.0f) || x_zero_point - off < -128 || x_zero_point - off > 127)
-    return MQ_ERR_ARG;
   const int64_t kp = mq_linear_round_up(k, MQ_LINEAR_QK), nb = kp / MQ_LINEAR_QK;
-  const int64_t tiles = tiles_of(n), padded = tiles * MQ_LINEAR_NR;
+  const int64_t tiles = tiles_of(n);
   const uint8_t *tile0 = (const uint8_t *)packed + sizeof(mq_linear_header);
   const int64_t tile_bytes = nb * MQ_LINEAR_INT8_BLOCK_BYTES + MQ_LINEAR_INT8_TILE_TAIL;
-  if (!scales_ok(tile0, tile_bytes, nb, n, x_scale)) return MQ_ERR_ARG;
+  const int64_t *qsum = (const int64_t *)(const void *)(tile0 + tiles * tile_bytes);
+  float max_scale;
+  memcpy(&max_scale, (const uint8_t *)packed + packed_bytes - MQ_LINEAR_STATIC_TAIL, sizeof max_scale);
+  const int32_t off = x_qdtype == MQ_U8 ? 128 : 0;
+  if (!(isfinite(x_scale) && x_scale > 0.0f) || x_zero_point - off < -128 || x_zero_point - off > 127 ||
+      !isfinite(x_scale * max_scale)) /* x_scale * w_scale grows with w_scale: the largest decides */
+    return MQ_ERR_ARG;
 
-  /* one scratch allocation: quantized rows, their sums, bias as float32, qsum (int64, int32) */
-  const size_t off_sx = align64((size_t)(m * kp));
-  const size_t off_bias = off_sx + align64(sizeof(int64_t) * (size_t)m);
-  const size_t off_q64 = off_bias + align64(bias ? sizeof(float) * (size_t)n : 0);
-  const size_t off_q32 = off_q64 + align64(sizeof(int64_t) * (size_t)padded);
-  const size_t off_sx32 = off_q32 + align64(sizeof(int32_t) * (size_t)padded);
-  const size_t total = off_sx32 + align64(sizeof(int32_t) * (size_t)m);
+  /* one scratch allocation: quantized rows, their sums (int64, int32), a float32 bias */
+  const int convert_bias = bias != NULL && bias_dtype != MQ_F32;
+  const mq_linear_static_kernels *kern = active_kernels();
+  const size_t off_sx = align64((size_t)(m * kp * kern->xs_size));
+  const size_t off_sx32 = off_sx + align64(sizeof(int64_t) * (size_t)m);
+  const size_t off_bias = off_sx32 + align64(sizeof(int32_t) * (size_t)m);
+  const size_t total = off_bias + align64(convert_bias ? sizeof(float) * (size_t)n : 0);
   char *scratch = aligned_alloc(64, total);
   if (scratch == NULL) return MQ_ERR_NOMEM;
-  float *bias32 = bias ? (float *)(scratch + off_bias) : NULL;
-  for (int64_t i = 0; bias && i < n; i++) {
-    bias32[i] = mq_load_f32(bias, bias_dtype, i);
-    if (!isfinite(bias32[i])) {
-      free(scratch);
-      return MQ_ERR_ARG;
-    }
+  const float *bias32 = bias;
+  if (convert_bias) {
+    float *b32 = (float *)(scratch + off_bias);
+    for (int64_t i = 0; i < n; i++) b32[i] = mq_load_f32(bias, bias_dtype, i);
+    bias32 = b32;
+  }
+  if (bias32 && !finite_f32(bias32, n)) {
+    free(scratch);
+    return MQ_ERR_ARG;
   }
   if (m == 0) {
     free(scratch);
     return MQ_OK;
   }
-  int64_t *qsum = (int64_t *)(scratch + off_q64);
-  int32_t *qsum32 = (int32_t *)(scratch + off_q32);
-  memcpy(qsum, tile0 + tiles * tile_bytes, sizeof(int64_t) * (size_t)padded);
-  for (int64_t r = 0; r < padded; r++) qsum32[r] = (int32_t)(uint32_t)qsum[r];
 
-  const mq_linear_static_kernels *kern = active_kernels();
-  act_job aj = {kern, x, x_dtype, k, kp, x_scale, x_zero_point - off, (int8_t *)scratch,
+  act_job aj = {kern, x, x_dtype, k, kp, x_scale, x_zero_point - off, scratch,
                 (int64_t *)(scratch + off_sx), 0};
   mq_parallel_for(m, MQ_LS_MIN_ACT_PER_THREAD / kp + 1, 1, num_threads, quantize_rows, &aj);
   if (atomic_load(&aj.nonfinite)) {
@@ -296,12 +303,12 @@ mq_status mq_linear_static_packed(const void *x, mq_dtype x_dtype, int64_t m, fl
   mq_linear_static_job job = {
       .tiles = tile0, .tile_bytes = tile_bytes, .n = n, .kp = kp, .nb = nb, .m = m,
       .xs = aj.xs, .q0 = 0, .q1 = kp / 4, .acc64 = NULL, .sx = sx32, .zs = aj.zs,
-      .qsum32 = qsum32, .x_scale = x_scale, .bias = bias32, .out = out, .out_dtype = x_dtype,
+      .qsum = qsum, .x_scale = x_scale, .bias = bias32, .out = out, .out_dtype = x_dtype,
   };
   if (k <= MQ_LINEAR_STATIC_KC)
     run_job(&job, kern, num_threads);
   else
-    st = run_long_rows(&job, kern, aj.sx, qsum, num_threads);
+    st = run_long_rows(&job, kern, aj.sx, num_threads);
   free(scratch);
   return st;
 }

@@ -170,7 +170,7 @@ def _dequantize_linear_fake(packed, out_features, in_features, group_size, dtype
 def linear_static_packed(x, input_scale, input_zero_point, input_symmetric, packed, out_features, in_features,
                          weight_symmetric, bias):
     if K.linear_packed_uses_c(x, packed):
-        return K.linear_static_packed(x, float(input_scale), int(input_zero_point), input_symmetric, packed,
+        return K.linear_static_packed(x, input_scale.item(), input_zero_point.item(), input_symmetric, packed,
                                       out_features, in_features, bias)
     # elsewhere (CUDA, float64, the reference backend): the canonical pipeline, the same bits
     K.check_last_dim(x, in_features)

@@ -468,12 +468,14 @@ def unpack_linear_int8(packed: torch.Tensor, n: int, k: int) -> tuple[torch.Tens
 
 
 # Packed static INT8 (csrc/linear_static.h): the packed INT8 layout, then one int64 per padded
-# row: qsum[r] = sum_i (q[r][i] - zero_point[r]), which a per-tensor input zero point needs.
+# row: qsum[r] = sum_i (q[r][i] - zero_point[r]), which a per-tensor input zero point needs,
+# then 64 bytes: the largest scale (float32) and zeros.
+LINEAR_STATIC_TAIL = 64
 
 
 def linear_static_packed_size(n: int, k: int) -> int:
-    """Bytes of a packed static INT8 ``[n, k]`` weight (packed INT8 + int64 row sums)."""
-    return linear_int8_packed_size(n, k) + _tiles(n) * LINEAR_NR * 8
+    """Bytes of a packed static INT8 ``[n, k]`` weight (packed INT8, int64 row sums, tail)."""
+    return linear_int8_packed_size(n, k) + _tiles(n) * LINEAR_NR * 8 + LINEAR_STATIC_TAIL
 
 
 def pack_linear_static(qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
@@ -481,7 +483,9 @@ def pack_linear_static(qweight: torch.Tensor, scale: torch.Tensor, zero_point: t
     n, k = qweight.shape
     qsum = torch.zeros(_tiles(n) * LINEAR_NR, dtype=torch.int64, device=qweight.device)
     qsum[:n] = qweight.to(torch.int64).sum(1) - k * zero_point.to(torch.int64).reshape(-1)
-    return torch.cat([pack_linear_int8(qweight, scale, zero_point), qsum.view(torch.uint8)])
+    tail = torch.zeros(LINEAR_STATIC_TAIL, dtype=torch.uint8, device=qweight.device)
+    tail[:4] = scale.float().max().reshape(1).view(torch.uint8)
+    return torch.cat([pack_linear_int8(qweight, scale, zero_point), qsum.view(torch.uint8), tail])
 
 
 def unpack_linear_static(packed: torch.Tensor, n: int, k: int, qdtype: torch.dtype
