@@ -3,7 +3,8 @@
  * layout, the job a forward call hands to the per-ISA tile functions, and their table.
  *
  * Included by files compiled with different ISA flags (linear_static_packed.c,
- * linear_static_avx2.c, linear_static_avx512.c): types, constants, declarations and static inline code only.
+ * linear_static_avx2.c, linear_static_avx512.c): types, constants, declarations and static
+ * inline code only.
  *
  * ---- packed layout --------------------------------------------------------------------------
  * The INT8 packed weight of linear.h (header, tiles of 16 rows: wu = w + 128 four k at a time,

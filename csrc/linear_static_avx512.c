@@ -100,8 +100,9 @@ static inline tile_consts consts_of(const mq_linear_static_job *job, const uint8
   c.rows = job->n - c.n0 < MQ_LINEAR_NR ? job->n - c.n0 : MQ_LINEAR_NR;
   c.zw = _mm512_add_epi32(_mm512_loadu_si512(tail + 64), _mm512_set1_epi32(128));
   /* qsum mod 2^32 (the wrapping sum of linear_static.h): the low halves of 16 int64 */
-  const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(_mm512_loadu_si512(job->qsum + c.n0))),
-                                       _mm512_cvtepi64_epi32(_mm512_loadu_si512(job->qsum + c.n0 + 8)), 1);
+  const __m256i q_lo = _mm512_cvtepi64_epi32(_mm512_loadu_si512(job->qsum + c.n0));
+  const __m256i q_hi = _mm512_cvtepi64_epi32(_mm512_loadu_si512(job->qsum + c.n0 + 8));
+  const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(q_lo), q_hi, 1);
   c.zq = _mm512_mullo_epi32(_mm512_set1_epi32(job->zs), q);
   c.ws = _mm512_mul_ps(_mm512_set1_ps(job->x_scale), _mm512_loadu_ps((const float *)tail));
   c.bias = job->bias ? _mm512_maskz_loadu_ps(mask_first(c.rows), job->bias + c.n0) : _mm512_setzero_ps();

@@ -188,7 +188,8 @@ def _linear_static_packed_fake(x, input_scale, input_zero_point, input_symmetric
 
 
 # ---------------------------------------------------------------------------------------------
-# Canonical INT8 weights (the Conv2d modules; traced programs of older StaticQuantizedLinear): the C kernels read them.
+# Canonical INT8 weights (the Conv2d modules, and programs traced from an older StaticQuantizedLinear):
+# the C kernels read them.
 # ---------------------------------------------------------------------------------------------
 
 
