@@ -12,7 +12,7 @@ ASAN_DIR := build/asan
 ASAN_PKG := build/asan-pkg
 # The kernel tests that also run under AddressSanitizer + UBSan.
 KERNEL_TESTS ?= $(wildcard tests/test_kernels*.py tests/test_int4.py tests/test_linear_kernels.py tests/test_fast_forward.py tests/test_threadpool.py) \
-	tests/test_linear_static_kernel.py tests/test_observers.py tests/test_gptq_kernels.py tests/test_embedding_kernels.py
+	tests/test_linear_static_kernel.py tests/test_static_packed.py tests/test_observers.py tests/test_gptq_kernels.py tests/test_embedding_kernels.py
 PYTEST_ARGS ?=
 
 .PHONY: all venv build browser demo test test-main test-asan wheel clean

@@ -32,6 +32,15 @@ static PyMethodDef methods[] = {
     {"linear_static", py_linear_static, METH_VARARGS,
      "linear_static(x_q[M,K], x_scale, x_zero_point, w_q[N,K], w_scale[N], w_zero_point[N], "
      "bias[N] or None, out[M,N], num_threads): integer x integer linear, float out."},
+    {"linear_static_packed_size", py_linear_static_packed_size, METH_VARARGS,
+     "linear_static_packed_size(n, k) -> int: bytes of a packed static INT8 [n, k] weight."},
+    {"linear_static_pack", py_linear_static_pack, METH_VARARGS,
+     "linear_static_pack(qweight[n,k], scale[n], zero_point[n], out_packed, num_threads)."},
+    {"linear_static_packed", py_linear_static_packed, METH_VARARGS,
+     "linear_static_packed(x[m,k], x_scale, x_zero_point, x_symmetric, packed, n, k, bias|None, "
+     "out[m,n], num_threads): static INT8 Linear on a packed weight, float in and out."},
+    {"linear_static_isa", py_linear_static_isa, METH_NOARGS,
+     "linear_static_isa() -> str: the static Linear path in use (follows set_linear_isa)."},
     /* INT4 group-wise */
     {"int4_quantize", py_int4_quantize, METH_VARARGS,
      "int4_quantize(x[n,k], out_qweight[n,k/2], out_scale[n,k/g], out_zero_point[n,k/g], g, "

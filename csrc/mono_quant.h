@@ -160,6 +160,42 @@ mq_status mq_linear_static_int8(const void *x, mq_dtype x_dtype, float x_scale, 
                                 int64_t n, int64_t k, void *out, mq_dtype out_dtype,
                                 int num_threads);
 
+/*! mq_linear_static_packed_size() :
+ *  Bytes of a packed static INT8 [n, k] weight (linear_static.h): the packed INT8 layout of
+ *  mq_linear_int8_pack followed by one int64 weight sum per padded row.
+ *  @return MQ_ERR_SHAPE for n, k outside 1..2^31. */
+mq_status mq_linear_static_packed_size(int64_t n, int64_t k, int64_t *bytes);
+
+/*! mq_linear_static_pack() :
+ *  Repack a canonical INT8 weight (qweight MQ_I8 / MQ_U8 [n, k], scale float[n] finite > 0,
+ *  zero_point int32[n] inside qweight's range) for mq_linear_static_packed; packed_bytes must
+ *  be mq_linear_static_packed_size(n, k).  The first part is byte for byte mq_linear_int8_pack's.
+ *  @return MQ_ERR_ARG for a bad scale or zero point; MQ_ERR_SHAPE for a wrong size. */
+mq_status mq_linear_static_pack(const void *qweight, mq_dtype q_dtype, const float *scale,
+                                const int32_t *zero_point, int64_t n, int64_t k, void *packed,
+                                int64_t packed_bytes, int num_threads);
+
+/*! mq_linear_static_packed() :
+ *  The static INT8 Linear on a packed weight, float in and out: x (F32, F16 or BF16 [m, k]) is
+ *  quantized per tensor with x_scale and x_zero_point to x_qdtype (MQ_U8 or MQ_I8) exactly as
+ *  mq_int8_quantize does, then
+ *    acc[m][n] = sum_k (xq[m][k] - x_zero_point) * (q[n][k] - zero_point[n])        (exact)
+ *    out[m][n] = (float)acc[m][n] * (x_scale * w_scale[n]) + bias[n]
+ *  as mq_linear_static_int8 (separate float32 roundings): the same bits as quantizing x and
+ *  calling mq_linear_static_int8 on the canonical weight, for every path and thread count.
+ *  bias: [n] of bias_dtype (F32, F16, BF16) or NULL; out: [m, n] of x_dtype.
+ *  @return MQ_ERR_LAYOUT unless packed is a static INT8 [n, k] weight of packed_bytes;
+ *          MQ_ERR_ARG for x_scale not finite > 0, x_zero_point outside x_qdtype's range, a
+ *          w_scale not finite > 0 or whose product with x_scale is not finite, or a non-finite
+ *          bias; MQ_ERR_NONFINITE if x holds NaN or Inf; MQ_ERR_NOMEM. */
+mq_status mq_linear_static_packed(const void *x, mq_dtype x_dtype, int64_t m, float x_scale,
+                                  int32_t x_zero_point, mq_dtype x_qdtype, const void *packed,
+                                  int64_t packed_bytes, int64_t n, int64_t k, const void *bias,
+                                  mq_dtype bias_dtype, void *out, int num_threads);
+
+/*! mq_linear_static_isa_name() : the static Linear path in use ("avx512_vnni" or "portable"). */
+const char *mq_linear_static_isa_name(void);
+
 
 /* ---- INT4 group-wise (int4.c) --------------------------------------------------------- */
 /* Canonical layout (docs/design.md): x [n, k] is cut into groups of `group_size` consecutive

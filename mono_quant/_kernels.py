@@ -317,6 +317,66 @@ def linear_static(
         _capsule(out), num_threads(),
     )
     return out.reshape(*lead, n)
+
+
+def pack_linear_static(qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    """Repack a canonical INT8 weight (``qweight`` int8/uint8 ``[out, in]``, ``scale`` float32
+    ``[out]``, ``zero_point`` int32 ``[out]``) for ``linear_static_packed``: the packed INT8
+    layout of ``pack_linear_int8`` plus one int64 weight sum per row. Do it once per layer.
+
+    >>> packed = pack_linear_static(layer_q, layer_scale, layer_zp)
+    >>> y = linear_static_packed(x, 0.02, 128, False, packed, 32, 64, None)
+    """
+    if qweight.dtype not in (torch.int8, torch.uint8) or qweight.dim() != 2:
+        raise TypeError(
+            f"qweight must be a 2-D int8 or uint8 tensor [out_features, in_features]; "
+            f"got {qweight.dtype} with shape {tuple(qweight.shape)}"
+        )
+    n, k = qweight.shape
+    if n < 1 or k < 1:
+        raise ValueError(f"qweight must not be empty; got shape {tuple(qweight.shape)}")
+    if scale.numel() != n or zero_point.numel() != n:
+        raise ValueError(
+            f"scale and zero_point need one value per output feature ({n}); "
+            f"got {scale.numel()} and {zero_point.numel()}"
+        )
+    if not _use_c(qweight, dtypes=(torch.int8, torch.uint8)):
+        return ref.pack_linear_static(qweight.detach(), scale.detach().float().reshape(-1),
+                                      zero_point.detach().to(torch.int32).reshape(-1))
+    packed = torch.empty(_C.linear_static_packed_size(n, k), dtype=torch.uint8)
+    _C.linear_static_pack(_dl(qweight), _dl(scale.float().reshape(-1)),
+                          _dl(zero_point.to(torch.int32).reshape(-1)), _capsule(packed), num_threads())
+    return packed
+
+
+def linear_static_packed(x: torch.Tensor, x_scale: float, x_zp: int, x_symmetric: bool, packed: torch.Tensor,
+                         n: int, k: int, bias: torch.Tensor | None) -> torch.Tensor:
+    """The C static INT8 Linear on a packed weight: ``x [..., k]`` (float32/float16/bfloat16)
+    quantized per tensor with ``x_scale`` / ``x_zp`` (to int8 when ``x_symmetric``, else
+    uint8) exactly as ``quantize`` does, times the weight with an exact integer sum, rescaled
+    in float32 -> ``[..., n]`` of x's dtype: the bits of ``linear_static(quantize(x), ...)``.
+    The hot path of ``StaticQuantizedLinear``, for inputs ``linear_packed_uses_c`` accepted.
+
+    >>> y = linear_static_packed(torch.randn(4, 64), 0.02, 128, False, packed, 32, 64, None)
+    """
+    check_last_dim(x, k)
+    x2 = x.detach().reshape(-1, k)
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    out = torch.empty(x2.shape[0], n, dtype=x.dtype)
+    bias_capsule = None if bias is None else _linear_bias(bias)
+    _C.linear_static_packed(_capsule(x2), x_scale, x_zp, x_symmetric, _capsule(packed), n, k, bias_capsule,
+                            _capsule(out), num_threads())
+    return out.view(*x.shape[:-1], n)
+
+
+def linear_static_isa() -> str | None:
+    """The static Linear path in use ("portable" or "avx512_vnni"; it follows
+    ``use_linear_isa``), or None without the C build."""
+    return None if _C is None else _C.linear_static_isa()
+
+
+# ---------------------------------------------------------------------------------------------
 # INT4 group-wise: quantize + pack, unpack + dequantize, pack / unpack nibbles.
 # ---------------------------------------------------------------------------------------------
 

@@ -8,10 +8,10 @@ values of the operator's arguments, and emits standard ONNX (opset >= 13: per-ax
 were chosen: ``docs/onnx.md``.
 
 Weights are emitted in their quantized dtype only (int8 / uint8 tensors, never a float copy):
-- a packed weight (QuantizedLinear, QuantizedLinearInt4) is a module buffer outside the
+- a packed weight (QuantizedLinear, QuantizedLinearInt4, StaticQuantizedLinear) is a module buffer outside the
   state_dict, so the tracer records it as a constant; its bytes are unpacked here in Python
   (``_reference.unpack_linear_*``) into the ONNX layout and emitted as int8 / uint8 constants;
-- a canonical weight (StaticQuantizedLinear, the Conv2d modules) is a state_dict buffer, so it
+- a canonical weight (the Conv2d modules; linear_static of older traces) is a state_dict buffer, so it
   is a graph initializer already; the Transpose / Cast / Squeeze applied to it here are folded
   into new int8 / uint8 / float scalar initializers by the exporter's constant folding.
 """
@@ -25,6 +25,7 @@ from torch.onnx import JitScalarType
 from torch.onnx import symbolic_helper as sh
 
 from . import _reference as ref
+from ._int8 import int8_qdtype
 
 NAMESPACE = "mono_quant"
 MIN_OPSET = 13  # per-axis DequantizeLinear / QuantizeLinear
@@ -195,6 +196,21 @@ def linear_static(g, x, input_scale, input_zero_point, input_symmetric, qweight,
     return _to_type(g, _add_bias(g, g.op("MatMul", xdq, w), bias), x_type)
 
 
+@sh.parse_args("v", "v", "v", "b", "v", "i", "i", "b", "v")
+def linear_static_packed(g, x, input_scale, input_zero_point, input_symmetric, packed, out_features, in_features,
+                         weight_symmetric, bias):
+    """The graph of ``linear_static``, with the canonical weight unpacked from the packed constant."""
+    _check_opset(g, "linear_static_packed")
+    held = _constant_value(g, packed, "linear_static_packed", "packed weight")
+    q, scale, zp = ref.unpack_linear_static(held, out_features, in_features, int8_qdtype(weight_symmetric))
+    x_type = _scalar_type(x)
+    s, z = _per_tensor_qparams(g, input_scale, input_zero_point, input_symmetric)
+    xdq = g.op("DequantizeLinear", g.op("QuantizeLinear", _to_float(g, x), s, z), s, z)
+    w = g.op("DequantizeLinear", _const(g, q.t()), _const(g, scale.float()), _const(g, zp.to(q.dtype)),
+             axis_i=1)  # [k, n], per output channel
+    return _to_type(g, _add_bias(g, g.op("MatMul", xdq, w), bias), x_type)
+
+
 # ---------------------------------------------------------------------------------------------
 # QuantizedConv2d / StaticQuantizedConv2d: the weight and the input round trip
 # ---------------------------------------------------------------------------------------------
@@ -265,6 +281,7 @@ SYMBOLICS = {
     "linear_int8": linear_int8,
     "linear_int4": linear_int4,
     "linear_static": linear_static,
+    "linear_static_packed": linear_static_packed,
     "dequantize_int8": dequantize_int8,
     "fake_quantize_per_tensor": fake_quantize_per_tensor,
     "dequantize_linear": dequantize_linear,

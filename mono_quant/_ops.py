@@ -15,6 +15,8 @@ modules send inputs that need one through ``dequantize_linear`` and ``F.linear``
     torch.ops.mono_quant.linear_int8(x, packed, out_features, in_features, bias)
     torch.ops.mono_quant.linear_int4(x, packed, out_features, in_features, group_size, bias)
     torch.ops.mono_quant.dequantize_linear(packed, out_features, in_features, group_size, dtype)
+    torch.ops.mono_quant.linear_static_packed(x, input_scale, input_zero_point, input_symmetric,
+                                              packed, out_features, in_features, weight_symmetric, bias)
     torch.ops.mono_quant.linear_static(x, input_scale, input_zero_point, input_symmetric,
                                        qweight, scale, zero_point, bias)
     torch.ops.mono_quant.dequantize_int8(qweight, scale, zero_point, dtype)
@@ -47,6 +49,9 @@ _SCHEMAS = {
                           "ScalarType dtype) -> Tensor"),
     "linear_static": ("linear_static(Tensor x, Tensor input_scale, Tensor input_zero_point, bool input_symmetric, "
                       "Tensor qweight, Tensor scale, Tensor zero_point, Tensor? bias) -> Tensor"),
+    "linear_static_packed": ("linear_static_packed(Tensor x, Tensor input_scale, Tensor input_zero_point, "
+                             "bool input_symmetric, Tensor packed, int out_features, int in_features, "
+                             "bool weight_symmetric, Tensor? bias) -> Tensor"),
     "dequantize_int8": "dequantize_int8(Tensor qweight, Tensor scale, Tensor zero_point, ScalarType dtype) -> Tensor",
     "fake_quantize_per_tensor": ("fake_quantize_per_tensor(Tensor x, Tensor scale, Tensor zero_point, "
                                  "bool symmetric) -> Tensor"),
@@ -159,12 +164,45 @@ def _dequantize_linear_fake(packed, out_features, in_features, group_size, dtype
 
 
 # ---------------------------------------------------------------------------------------------
-# Canonical INT8 weights (StaticQuantizedLinear, the Conv2d modules): the C kernels read them.
+# Packed static INT8 (StaticQuantizedLinear): the packed INT8 weight plus row sums, float input
+# quantized inside the kernel with the calibrated scale and zero point.
+# ---------------------------------------------------------------------------------------------
+
+
+@_register("linear_static_packed")
+def linear_static_packed(x, input_scale, input_zero_point, input_symmetric, packed, out_features, in_features,
+                         weight_symmetric, bias):
+    if K.linear_packed_uses_c(x, packed):
+        return K.linear_static_packed(x, input_scale.item(), input_zero_point.item(), input_symmetric, packed,
+                                      out_features, in_features, bias)
+    # elsewhere (CUDA, float64, the reference backend): the canonical pipeline, the same bits
+    K.check_last_dim(x, in_features)
+    qweight, scale, zero_point = ref.unpack_linear_static(packed, out_features, in_features,
+                                                          int8_qdtype(weight_symmetric))
+    return _linear_static_canonical(x, input_scale, input_zero_point, input_symmetric, qweight, scale,
+                                    zero_point, bias)
+
+
+@_fake("linear_static_packed")
+def _linear_static_packed_fake(x, input_scale, input_zero_point, input_symmetric, packed, out_features,
+                               in_features, weight_symmetric, bias):
+    _refuse_dynamo_onnx("linear_static_packed", "StaticQuantizedLinear", out_features, in_features)
+    return x.new_empty(*x.shape[:-1], out_features)
+
+
+# ---------------------------------------------------------------------------------------------
+# Canonical INT8 weights (the Conv2d modules, and programs traced from an older StaticQuantizedLinear):
+# the C kernels read them.
 # ---------------------------------------------------------------------------------------------
 
 
 @_register("linear_static")
 def linear_static(x, input_scale, input_zero_point, input_symmetric, qweight, scale, zero_point, bias):
+    return _linear_static_canonical(x, input_scale, input_zero_point, input_symmetric, qweight, scale,
+                                    zero_point, bias)
+
+
+def _linear_static_canonical(x, input_scale, input_zero_point, input_symmetric, qweight, scale, zero_point, bias):
     xq = K.quantize(x, input_scale, input_zero_point, axis=None, qdtype=int8_qdtype(input_symmetric))
     y = K.linear_static(xq, input_scale, input_zero_point, qweight, scale, zero_point, bias, _float_out_dtype(x))
     return y.to(x.dtype)

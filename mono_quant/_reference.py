@@ -467,6 +467,42 @@ def unpack_linear_int8(packed: torch.Tensor, n: int, k: int) -> tuple[torch.Tens
     return w, s, z
 
 
+# Packed static INT8 (csrc/linear_static.h): the packed INT8 layout, then one int64 per padded
+# row: qsum[r] = sum_i (q[r][i] - zero_point[r]), which a per-tensor input zero point needs,
+# then 64 bytes: the largest scale (float32) and zeros.
+LINEAR_STATIC_TAIL = 64
+
+
+def linear_static_packed_size(n: int, k: int) -> int:
+    """Bytes of a packed static INT8 ``[n, k]`` weight (packed INT8, int64 row sums, tail)."""
+    return linear_int8_packed_size(n, k) + _tiles(n) * LINEAR_NR * 8 + LINEAR_STATIC_TAIL
+
+
+def pack_linear_static(qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    """The packed static INT8 layout, byte for byte what the C packer writes."""
+    n, k = qweight.shape
+    qsum = torch.zeros(_tiles(n) * LINEAR_NR, dtype=torch.int64, device=qweight.device)
+    qsum[:n] = qweight.to(torch.int64).sum(1) - k * zero_point.to(torch.int64).reshape(-1)
+    tail = torch.zeros(LINEAR_STATIC_TAIL, dtype=torch.uint8, device=qweight.device)
+    tail[:4] = scale.float().max().reshape(1).view(torch.uint8)
+    return torch.cat([pack_linear_int8(qweight, scale, zero_point), qsum.view(torch.uint8), tail])
+
+
+def unpack_linear_static(packed: torch.Tensor, n: int, k: int, qdtype: torch.dtype
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inverse of ``pack_linear_static``: the canonical ``qweight`` (``qdtype``), ``scale``
+    float32 and ``zero_point`` int32, as new tensors."""
+    if packed.dtype != torch.uint8 or packed.dim() != 1 or packed.numel() != linear_static_packed_size(n, k):
+        raise ValueError(
+            f"argument 'packed' does not hold a packed static INT8 weight with out_features={n}, "
+            f"in_features={k} (another layer's, or packed by another version of mono_quant); "
+            "re-pack the canonical weights with pack_linear_static"
+        )
+    w, scale, zero = unpack_linear_int8(packed[: linear_int8_packed_size(n, k)], n, k)
+    center = 0 if qdtype == torch.int8 else 128
+    return (w + center).to(qdtype), scale.clone(), zero + center
+
+
 def pack_linear_int4(qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
                      group_size: int) -> torch.Tensor:
     """The packed INT4 layout of ``csrc/linear.h`` from the canonical INT4 weight."""

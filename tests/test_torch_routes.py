@@ -42,7 +42,7 @@ MODULES = {
     "embedding": lambda: QuantizedEmbedding.from_float(nn.Embedding(50, 24, padding_idx=0)),
     "embedding_bag": lambda: QuantizedEmbeddingBag.from_float(nn.EmbeddingBag(50, 24, mode="max", padding_idx=3)),
 }
-OPS = {"int8": "linear_int8", "int4": "linear_int4", "static": "linear_static", "conv": "dequantize_int8",
+OPS = {"int8": "linear_int8", "int4": "linear_int4", "static": "linear_static_packed", "conv": "dequantize_int8",
        "static_conv": "fake_quantize_per_tensor", "embedding": "embedding_int8", "embedding_bag": "embedding_bag_int8"}
 
 
