@@ -15,7 +15,7 @@
  * that the OS has not given a core, for a whole scheduler slice (milliseconds, against a
  * 0.2 ms job).  So every parallel job measures how long its caller waited after running out
  * of work, and a long wait makes the next jobs run on the caller alone for a while (backing
- * off, doubled while probes keep waiting, halved by each job that does not); see
+ * off, doubled while probes keep waiting, shortened by an eighth by each job that does not); see
  * mq_backoff_step in threadpool.h.  On a quiet machine helpers arrive within a chunk of
  * work, nothing is ever backed off, and jobs run exactly as before.
  *
@@ -289,9 +289,12 @@ mq_backoff mq_backoff_step(mq_backoff state, int64_t start_ns, int64_t began_ns,
     state.backoff_ns = state.backoff_ns * 2 > MQ_BACKOFF_MAX_NS ? MQ_BACKOFF_MAX_NS : state.backoff_ns * 2;
     state.contended = 1;
   } else {
-    /* Halved, not reset: under load an occasional job finds a helper on time, and a reset
-     * would make every following back-off short, i.e. probe (and wait) again and again. */
-    state.backoff_ns = state.backoff_ns / 2 < MQ_BACKOFF_MIN_NS ? MQ_BACKOFF_MIN_NS : state.backoff_ns / 2;
+    /* Shortened by an eighth, not reset: under load some probes find a helper on time, and a
+     * reset (or even halving) would keep the back-off short, i.e. probe and wait again and
+     * again.  A machine that has gone quiet does not wait for this decay: the first clean
+     * probe sets no back-off, so every job after it runs in parallel. */
+    const int64_t shorter = state.backoff_ns - state.backoff_ns / 8;
+    state.backoff_ns = shorter < MQ_BACKOFF_MIN_NS ? MQ_BACKOFF_MIN_NS : shorter;
     state.contended = 0;
   }
   return state;
@@ -321,9 +324,8 @@ static int backoff_on(void) {
 }
 
 void mq_threadpool_set_backoff(int enabled) {
+  /* The state is kept: turned on again, the pool remembers the load it last saw. */
   atomic_store(&backoff_enabled, enabled ? 1 : 0);
-  atomic_store(&serial_until_ns, 0);
-  atomic_store(&backoff_ns, MQ_BACKOFF_MIN_NS);
 }
 
 int mq_threadpool_backoff_enabled(void) { return backoff_on(); }

@@ -44,7 +44,7 @@ void mq_parallel_range(int64_t n, int parts, int64_t align, int part, int64_t *b
  * caller's own time running ranges) was contended: a helper had no core.  The jobs that start in
  * the next `backoff` nanoseconds run on the caller alone; the back-off doubles (up to
  * MQ_BACKOFF_MAX_NS) each time the first parallel job after it is contended again, and is
- * halved (down to MQ_BACKOFF_MIN_NS) by each parallel job that is not.  On a quiet machine a helper holds the
+ * shortened by an eighth (down to MQ_BACKOFF_MIN_NS) by each parallel job that is not.  On a quiet machine a helper holds the
  * caller up by at most one chunk of work plus a wake-up, below the threshold. */
 #define MQ_BACKOFF_WAIT_DIVISOR 4
 #define MQ_BACKOFF_WAIT_SLACK_NS 100000      /* 0.1 ms */
@@ -66,7 +66,8 @@ mq_backoff mq_backoff_step(mq_backoff state, int64_t start_ns, int64_t began_ns,
                            int64_t end_ns);
 
 /*! mq_threadpool_set_backoff() : turn backing off on (the default) or off (as does the
- *  environment variable MONO_QUANT_LOAD_BACKOFF=0); either way the current back-off ends. */
+ *  environment variable MONO_QUANT_LOAD_BACKOFF=0); while off, jobs neither wait out a
+ *  back-off nor update it. */
 void mq_threadpool_set_backoff(int enabled);
 int mq_threadpool_backoff_enabled(void);
 
