@@ -29,6 +29,7 @@ from ..schemes.int4 import Int4Scheme
 from ..selection import module_skip_reason, parameter_owners
 from ..validate import validate_after_quantization
 from .batches import CalibSet, collect_batches
+from .alternatives import Alternative, layer_alternatives
 from .gptq import gptq_linear, hessian, prepare
 from .modules import Slots, parent_slots, put, swapped
 from .precision import apply_plan
@@ -76,10 +77,11 @@ def gptq_quantize(
     order = [name for name, _ in root.named_modules()]
     candidates, fallbacks, records = _select(root, scheme)
     calib = collect_batches(calib_data, cfg.num_samples)
-    quantized = _run_gptq(root, slots, candidates, fallbacks, calib, cfg, records, progress, scheme)
+    alternatives: dict[str, list[Alternative]] = {}  # filled only with a budget
+    quantized = _run_gptq(root, slots, candidates, fallbacks, calib, records, progress, scheme, alternatives)
     info = QuantizationInfo(config=cfg)
     if cfg.max_bits_per_weight is not None and quantized:
-        info.precision_plan = apply_plan(root, slots, candidates, quantized, records, calib, scheme)
+        info.precision_plan = apply_plan(root, slots, candidates, quantized, records, calib, scheme, alternatives)
     replacements = {**fallbacks, **{candidates[name]: module for name, module in quantized.items()}}
     put(slots, replacements)
     root = replacements.get(root, root)
@@ -126,10 +128,13 @@ def _select(root: nn.Module, scheme: Int4Scheme) -> tuple[dict[str, nn.Linear], 
 
 
 def _run_gptq(root: nn.Module, slots: Slots, candidates: Mapping[str, nn.Linear],
-              fallbacks: Mapping[nn.Module, nn.Module], calib: CalibSet, cfg: QuantizationConfig,
-              records: dict[str, LayerInfo], progress: bool | None, scheme: Int4Scheme) -> dict[str, nn.Module]:
+              fallbacks: Mapping[nn.Module, nn.Module], calib: CalibSet, records: dict[str, LayerInfo],
+              progress: bool | None, scheme: Int4Scheme,
+              alternatives: dict[str, list[Alternative]]) -> dict[str, nn.Module]:
     """GPTQ every candidate the data reaches (data-free INT4 for the others); the new modules
-    by name, their records added to ``records``. ``root`` is left with its float layers."""
+    by name, their records added to ``records`` (with a budget, each GPTQ layer's other
+    precision options in ``alternatives``). ``root`` is left with its float layers."""
+    cfg = scheme.config
     if not candidates:
         return {}
     trace = trace_stages(root, calib.batches[0], candidates)
@@ -145,7 +150,7 @@ def _run_gptq(root: nn.Module, slots: Slots, candidates: Mapping[str, nn.Linear]
             with swapped(slots, done):
                 inputs = capture_pass(root, layers, calib, trace.stop_early, bar.update)
             for stage in stages:
-                _quantize_stage(stage, inputs, candidates, cfg, where, quantized, records)
+                _quantize_stage(stage, inputs, candidates, scheme, where, quantized, records, alternatives)
     for name in trace.never_called:
         quantized[name], record = scheme.convert_module(name, candidates[name])
         records[name] = dataclasses.replace(record, details={**record.details, "method": "data-free", "gptq": NEVER_CALLED})
@@ -153,18 +158,23 @@ def _run_gptq(root: nn.Module, slots: Slots, candidates: Mapping[str, nn.Linear]
 
 
 def _quantize_stage(stage: Stage, inputs: dict[str, LayerInputs], candidates: Mapping[str, nn.Linear],
-                    cfg: QuantizationConfig, where: str, quantized: dict[str, nn.Module],
-                    records: dict[str, LayerInfo]) -> None:
+                    scheme: Int4Scheme, where: str, quantized: dict[str, nn.Module],
+                    records: dict[str, LayerInfo], alternatives: dict[str, list[Alternative]]) -> None:
     """GPTQ the layers of one stage, one Hessian at a time (layers that saw the same inputs
-    share one; the previous Hessian is dropped before the next is built); the stage's captured
+    share one; the previous Hessian is dropped before the next is built); with a budget, also
+    each layer's other precision options while the Hessian is there. The stage's captured
     inputs are dropped once it is done."""
+    cfg = scheme.config
     for group in shared_groups(stage, inputs):
         h, rows = hessian(inputs[group[0]].chunks, candidates[group[0]].in_features)
         prepared = prepare(h, rows, cfg, group[0])
-        del h
         for name in group:
             quantized[name], records[name] = gptq_linear(
                 name, candidates[name], prepared, inputs[name].holdout, cfg, where)
+            if cfg.max_bits_per_weight is not None:
+                alternatives[name] = layer_alternatives(name, candidates[name], (quantized[name], records[name]),
+                                                        prepared, h, inputs[name].holdout, scheme, where)
+        del h, prepared
     for name in stage.layers:
         inputs.pop(name, None)
 
