@@ -3,7 +3,9 @@ precision plan (``max_bits_per_weight``): INT4 with the finer group sizes that d
 (GPTQ again on the same factored Hessian) and per-channel INT8, each with its layer output error
 on the calibration rows. The planner estimates each option's model-level loss from the measured
 sensitivity of the run's INT4 times the ratio of these errors, so only the run's INT4 needs
-the (costly) model forward passes of the sensitivity measurement.
+the (costly) model forward passes of the sensitivity measurement. The options are kept until
+the plan is made: with a budget the run holds about three more quantized copies of the
+candidate layers (g64, g32 and INT8 from g128: some 4x the INT4 model's size).
 """
 
 from __future__ import annotations

@@ -51,6 +51,8 @@ def apply_plan(
         if choice.choice == "int4" and choice.group_size in (None, cfg.group_size):  # the run's INT4
             records[name] = dataclasses.replace(records[name], details={**records[name].details, **note})
             continue
+        if option is None:  # the planner only picks options it was given
+            raise RuntimeError(f"mixed precision: no {choice.label} version of layer {name!r} was made")
         quantized[name] = option.module
         records[name] = dataclasses.replace(option.record, scheme=f"{option.record.scheme} (mixed precision)",
                                             details={**option.record.details, **note})
