@@ -5,8 +5,8 @@ Flow: select the layers as ``dynamic_quantize(model, "int4")`` would; read the c
 rows once; trace one forward to find which layers share an input; run passes over the data
 capturing the inputs of some stages at a time (``sequential``: one stage per pass, with the
 layers before it already quantized); per layer build its Hessian, run GPTQ and record it;
-then, with ``max_bits_per_weight``, measure each layer's sensitivity and keep the worst in
-INT8. Everything runs on a working copy of the model, in eval mode under no_grad; the
+then, with ``max_bits_per_weight``, measure each layer's sensitivity and pick each layer's
+precision (its INT4, INT4 with finer groups, INT8) within the budget. Everything runs on a working copy of the model, in eval mode under no_grad; the
 caller's model is never touched.
 """
 
@@ -58,9 +58,9 @@ def gptq_quantize(
     ``(input, target)`` tuples or dicts such as tokenizer outputs; an ``attention_mask`` keyword
     keeps padding out of the Hessians). ``options`` are ``QuantizationConfig`` fields:
     ``group_size``, ``symmetric``, ``scale_method``, ``num_samples`` (calibration rows, 150),
-    ``damp``, ``act_order``, ``sequential``, ``max_bits_per_weight`` (keep the layers whose
-    INT4 error hurts the model output most per bit saved in INT8 while the average stays
-    within it), ``sensitivity_samples``, layer selection, ``validate``... ``dtype`` must be
+    ``damp``, ``act_order``, ``sequential``, ``max_bits_per_weight`` (give the layers whose
+    INT4 error hurts the model output most finer INT4 groups or INT8, the least estimated loss
+    while the average stays within it), ``sensitivity_samples``, layer selection, ``validate``... ``dtype`` must be
     "int4" (the default here). Layers INT4 cannot hold fall back to INT8 as in
     ``dynamic_quantize``; layers the data never reaches are quantized data-free.
     ``info.layers[name].sqnr_db`` of a GPTQ layer is its output SQNR on a held-back batch.
