@@ -168,13 +168,15 @@ def _quantize_stage(stage: Stage, inputs: dict[str, LayerInputs], candidates: Ma
     for group in shared_groups(stage, inputs):
         h, rows = hessian(inputs[group[0]].chunks, candidates[group[0]].in_features)
         prepared = prepare(h, rows, cfg, group[0])
+        kept = h if cfg.max_bits_per_weight is not None else None  # the options' errors need it
+        del h
         for name in group:
             quantized[name], records[name] = gptq_linear(
                 name, candidates[name], prepared, inputs[name].holdout, cfg, where)
-            if cfg.max_bits_per_weight is not None:
+            if kept is not None:
                 alternatives[name] = layer_alternatives(name, candidates[name], (quantized[name], records[name]),
-                                                        prepared, h, inputs[name].holdout, scheme, where)
-        del h, prepared
+                                                        prepared, kept, inputs[name].holdout, scheme, where)
+        del kept, prepared
     for name in stage.layers:
         inputs.pop(name, None)
 
