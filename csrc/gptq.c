@@ -12,7 +12,7 @@
 #include "mono_quant.h"
 #include "threadpool.h"
 
-MQ_GPTQ_DEFINE_KERNELS(mq_gptq_kernels_portable, "portable");
+MQ_GPTQ_DEFINE_KERNELS(mq_gptq_kernels_portable, "portable", 4);
 
 /* Counted rows per Hessian chunk: the chunk's panels (256 x 8 doubles each) stay in L2
  * while every tile of h reads them, and each h element takes one addition per chunk. */
@@ -31,15 +31,17 @@ typedef struct {
   double *h;
 } hessian_job;
 
-/* Rows i0..i0+3 of h's upper triangle (j >= i) from the chunk's panels. */
+/* Rows i0..i0+rows-1 of h's upper triangle (j >= i) from the chunk's panels (rows: the
+ * ISA's tile height, which divides the panel width). */
 static void hessian_itile(const hessian_job *job, int64_t it) {
-  const int64_t k = job->k, m = job->m, i0 = it * 4;
+  const int rows = job->kern->hessian_rows;
+  const int64_t k = job->k, m = job->m, i0 = it * rows;
   const int64_t p = i0 / MQ_GPTQ_PANEL;
   const double *a = job->xp + p * m * MQ_GPTQ_PANEL + (i0 % MQ_GPTQ_PANEL);
   for (int64_t q = p; q < job->panels; q++) {
-    double acc[4][8];
+    double acc[MQ_GPTQ_PANEL][8];
     job->kern->hessian_tile(a, job->xp + q * m * MQ_GPTQ_PANEL, m, acc);
-    for (int s = 0; s < 4 && i0 + s < k; s++) {
+    for (int s = 0; s < rows && i0 + s < k; s++) {
       const int64_t i = i0 + s;
       double *restrict hi = job->h + i * k;
       for (int t = 0; t < MQ_GPTQ_PANEL; t++) {
@@ -98,7 +100,9 @@ mq_status mq_gptq_hessian_add(const void *x, mq_dtype x_dtype, int64_t rows, int
     if (!row_finite(row, k)) st = MQ_ERR_NONFINITE;
     total++;
   }
-  hessian_job job = {mq_gptq_active(), xp, 0, k, panels, (k + 3) / 4, h};
+  const mq_gptq_kernels *kern = mq_gptq_active();
+  const int64_t tile_rows = kern->hessian_rows;
+  hessian_job job = {kern, xp, 0, k, panels, (k + tile_rows - 1) / tile_rows, h};
   int64_t idx[MQ_GPTQ_CHUNK];
   for (int64_t r = 0; r < rows && st == MQ_OK;) {
     int64_t m = 0; /* the next chunk of counted rows, in order */
@@ -111,7 +115,7 @@ mq_status mq_gptq_hessian_add(const void *x, mq_dtype x_dtype, int64_t rows, int
     }
     job.m = m;
     const int64_t items = (job.itiles + 1) / 2;
-    const int64_t per_item = m * 4 * k;
+    const int64_t per_item = m * tile_rows * k;
     const int64_t min_items = MQ_GPTQ_MIN_WORK_PER_THREAD / (per_item > 0 ? per_item : 1);
     mq_parallel_for(items, min_items > 0 ? min_items : 1, 1, num_threads, hessian_items, &job);
   }

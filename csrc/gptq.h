@@ -37,8 +37,12 @@
 typedef struct {
   const char *name;
   /* acc[s][t] = sum_r a[r * 8 + s] * b[r * 8 + t] over r = 0..m-1 in order, in double
-   * (s < 4, t < 8): a tile of x^T x from two panels (a already offset to its 4 columns). */
-  void (*hessian_tile)(const double *a, const double *b, int64_t m, double acc[4][8]);
+   * (s < hessian_rows, t < 8): a tile of x^T x from two panels (a already offset to its
+   * first column).  Each element is the same ordered sum whatever the tile's height, so the
+   * height is the ISA's choice: enough independent accumulators to hide the multiply-add
+   * latency (4 rows = 8 vectors of 4 doubles on AVX2; 8 rows = 8 vectors of 8 on AVX-512). */
+  int hessian_rows;
+  void (*hessian_tile)(const double *a, const double *b, int64_t m, double (*acc)[8]);
   /* acc[r][j] = acc[r][j] + d[r][b] * v[b][j] for b = 0..nb-1 in order (float32, each
    * product and sum rounded), rows r < rows (<= MQ_GPTQ_ROWS), columns j in [j0, j1). */
   void (*lazy_update)(float *acc, int64_t lda, int rows, const float *d, int64_t ldd,
@@ -56,8 +60,8 @@ const mq_gptq_kernels *mq_gptq_active(void);
 
 /* ---- the loops, compiled once per ISA file ------------------------------------------------ */
 
-static inline void mq_gptq_hessian_tile_impl(const double *restrict a, const double *restrict b,
-                                             int64_t m, double acc[4][8]) {
+static inline void mq_gptq_hessian_tile4_impl(const double *restrict a, const double *restrict b,
+                                              int64_t m, double (*acc)[8]) {
   double s0[8] = {0}, s1[8] = {0}, s2[8] = {0}, s3[8] = {0};
   for (int64_t r = 0; r < m; r++) {
     const double *ar = a + r * MQ_GPTQ_PANEL, *br = b + r * MQ_GPTQ_PANEL;
@@ -75,6 +79,38 @@ static inline void mq_gptq_hessian_tile_impl(const double *restrict a, const dou
     acc[1][t] = s1[t];
     acc[2][t] = s2[t];
     acc[3][t] = s3[t];
+  }
+}
+
+/* Eight rows: the whole panel of a against one of b (AVX-512: eight accumulators of 8). */
+static inline void mq_gptq_hessian_tile8_impl(const double *restrict a, const double *restrict b,
+                                              int64_t m, double (*acc)[8]) {
+  double s0[8] = {0}, s1[8] = {0}, s2[8] = {0}, s3[8] = {0};
+  double s4[8] = {0}, s5[8] = {0}, s6[8] = {0}, s7[8] = {0};
+  for (int64_t r = 0; r < m; r++) {
+    const double *ar = a + r * MQ_GPTQ_PANEL, *br = b + r * MQ_GPTQ_PANEL;
+    const double a0 = ar[0], a1 = ar[1], a2 = ar[2], a3 = ar[3];
+    const double a4 = ar[4], a5 = ar[5], a6 = ar[6], a7 = ar[7];
+    for (int t = 0; t < 8; t++) {
+      MQ_GPTQ_MADD(s0[t], a0, br[t]);
+      MQ_GPTQ_MADD(s1[t], a1, br[t]);
+      MQ_GPTQ_MADD(s2[t], a2, br[t]);
+      MQ_GPTQ_MADD(s3[t], a3, br[t]);
+      MQ_GPTQ_MADD(s4[t], a4, br[t]);
+      MQ_GPTQ_MADD(s5[t], a5, br[t]);
+      MQ_GPTQ_MADD(s6[t], a6, br[t]);
+      MQ_GPTQ_MADD(s7[t], a7, br[t]);
+    }
+  }
+  for (int t = 0; t < 8; t++) {
+    acc[0][t] = s0[t];
+    acc[1][t] = s1[t];
+    acc[2][t] = s2[t];
+    acc[3][t] = s3[t];
+    acc[4][t] = s4[t];
+    acc[5][t] = s5[t];
+    acc[6][t] = s6[t];
+    acc[7][t] = s7[t];
   }
 }
 
@@ -158,16 +194,17 @@ static inline void mq_gptq_lazy_update_impl(float *acc, int64_t lda, int rows, c
   for (int r = 0; r < rows; r++) mq_gptq_lazy1(acc + r * lda, d + r * ldd, v, ldv, nb, j0, j1);
 }
 
-/* The table of one ISA file: `static` wrappers around the inline loops above. */
-#define MQ_GPTQ_DEFINE_KERNELS(table, isa_name)                                                   \
-  static void table##_hessian_tile(const double *a, const double *b, int64_t m, double acc[4][8]) {\
-    mq_gptq_hessian_tile_impl(a, b, m, acc);                                                      \
+/* The table of one ISA file: `static` wrappers around the inline loops above; tile_rows:
+ * the Hessian tile's height, 4 or 8. */
+#define MQ_GPTQ_DEFINE_KERNELS(table, isa_name, tile_rows)                                            \
+  static void table##_hessian_tile(const double *a, const double *b, int64_t m, double (*acc)[8]) {\
+    mq_gptq_hessian_tile##tile_rows##_impl(a, b, m, acc);                                         \
   }                                                                                               \
   static void table##_lazy_update(float *acc, int64_t lda, int rows, const float *d, int64_t ldd,  \
                                   const float *v, int64_t ldv, int64_t nb, int64_t j0,           \
                                   int64_t j1) {                                                   \
     mq_gptq_lazy_update_impl(acc, lda, rows, d, ldd, v, ldv, nb, j0, j1);                         \
   }                                                                                               \
-  const mq_gptq_kernels table = {isa_name, table##_hessian_tile, table##_lazy_update}
+  const mq_gptq_kernels table = {isa_name, tile_rows, table##_hessian_tile, table##_lazy_update}
 
 #endif /* MQ_GPTQ_H */

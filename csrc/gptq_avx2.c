@@ -2,4 +2,4 @@
  * the same arithmetic as the portable table, eight floats / four doubles per instruction. */
 #include "gptq.h"
 
-MQ_GPTQ_DEFINE_KERNELS(mq_gptq_kernels_avx2, "avx2");
+MQ_GPTQ_DEFINE_KERNELS(mq_gptq_kernels_avx2, "avx2", 4);

@@ -2,4 +2,4 @@
  * CMakeLists.txt); the same arithmetic as the portable table, sixteen floats per instruction. */
 #include "gptq.h"
 
-MQ_GPTQ_DEFINE_KERNELS(mq_gptq_kernels_avx512, "avx512");
+MQ_GPTQ_DEFINE_KERNELS(mq_gptq_kernels_avx512, "avx512", 8);

@@ -104,8 +104,9 @@ class QuantizationConfig:
     sequential:             calibrate each layer on the outputs of the layers before it already
                             quantized (True) or of the float model (False: one pass).
     max_bits_per_weight:    a budget in stored bits per weight (scales and zero points counted):
-                            the layers whose INT4 version hurts the model output most per bit
-                            saved are kept in INT8 until the budget is spent. None: all INT4.
+                            each layer stays INT4 at group_size or takes finer INT4 groups or
+                            INT8, the least estimated loss of the model output within the
+                            budget (docs/int4.md). None: all INT4 at group_size.
     sensitivity_samples:    calibration rows used to measure each layer's sensitivity (model
                             output error with that layer alone quantized), at least 1.
 

@@ -180,8 +180,9 @@ def test_hessian_is_x_transpose_x_over_the_unmasked_rows(k, dtype):
 
 
 @needs_c
-def test_hessian_does_not_depend_on_threads_or_isa():
-    x = torch.randn(700, 200)
+@pytest.mark.parametrize("k", [200, 13])  # 13: partial tiles of 4 (AVX2) and of 8 rows (AVX-512)
+def test_hessian_does_not_depend_on_threads_or_isa(k):
+    x = torch.randn(700, k)
     mask = (torch.arange(700) % 3 != 0).to(torch.uint8)
     results = []
     before = torch.get_num_threads()
@@ -189,7 +190,7 @@ def test_hessian_does_not_depend_on_threads_or_isa():
         for threads in (1, 2):
             torch.set_num_threads(threads)
             for isa in ISAS:
-                h = torch.zeros(200, 200, dtype=torch.float64)
+                h = torch.zeros(k, k, dtype=torch.float64)
                 with K.use_backend("c"), K.use_gptq_isa(isa):
                     K.gptq_hessian_add(x, mask, h)
                 results.append(h)

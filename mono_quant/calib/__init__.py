@@ -9,6 +9,6 @@ helpers); nothing below imports them.
 """
 
 from .gptq_model import gptq_quantize
-from .sensitivity import LayerChoice, PrecisionPlan
+from .sensitivity import LayerChoice, PrecisionOption, PrecisionPlan
 
-__all__ = ["LayerChoice", "PrecisionPlan", "gptq_quantize"]
+__all__ = ["LayerChoice", "PrecisionOption", "PrecisionPlan", "gptq_quantize"]

@@ -5,8 +5,8 @@ Flow: select the layers as ``dynamic_quantize(model, "int4")`` would; read the c
 rows once; trace one forward to find which layers share an input; run passes over the data
 capturing the inputs of some stages at a time (``sequential``: one stage per pass, with the
 layers before it already quantized); per layer build its Hessian, run GPTQ and record it;
-then, with ``max_bits_per_weight``, measure each layer's sensitivity and keep the worst in
-INT8. Everything runs on a working copy of the model, in eval mode under no_grad; the
+then, with ``max_bits_per_weight``, measure each layer's sensitivity and pick each layer's
+precision (its INT4, INT4 with finer groups, INT8) within the budget. Everything runs on a working copy of the model, in eval mode under no_grad; the
 caller's model is never touched.
 """
 
@@ -30,6 +30,7 @@ from ..schemes.int4 import Int4Scheme
 from ..selection import module_skip_reason, parameter_owners
 from ..validate import validate_after_quantization
 from .batches import CalibSet, collect_batches
+from .alternatives import Alternative, layer_alternatives
 from .gptq import gptq_linear, hessian, prepare
 from .modules import Slots, parent_slots, put, swapped
 from .precision import apply_plan
@@ -58,9 +59,9 @@ def gptq_quantize(
     ``(input, target)`` tuples or dicts such as tokenizer outputs; an ``attention_mask`` keyword
     keeps padding out of the Hessians). ``options`` are ``QuantizationConfig`` fields:
     ``group_size``, ``symmetric``, ``scale_method``, ``num_samples`` (calibration rows, 150),
-    ``damp``, ``act_order``, ``sequential``, ``max_bits_per_weight`` (keep the layers whose
-    INT4 error hurts the model output most per bit saved in INT8 while the average stays
-    within it), ``sensitivity_samples``, layer selection, ``validate``... ``dtype`` must be
+    ``damp``, ``act_order``, ``sequential``, ``max_bits_per_weight`` (give the layers whose
+    INT4 error hurts the model output most finer INT4 groups or INT8, the least estimated loss
+    while the average stays within it), ``sensitivity_samples``, layer selection, ``validate``... ``dtype`` must be
     "int4" (the default here). Layers INT4 cannot hold fall back to INT8 as in
     ``dynamic_quantize``; layers the data never reaches are quantized data-free.
     ``info.layers[name].sqnr_db`` of a GPTQ layer is its output SQNR on a held-back batch.
@@ -77,10 +78,11 @@ def gptq_quantize(
     order = [name for name, _ in root.named_modules()]
     candidates, fallbacks, records = _select(root, scheme)
     calib = collect_batches(calib_data, cfg.num_samples)
-    quantized = _run_gptq(root, slots, candidates, fallbacks, calib, cfg, records, progress, scheme)
+    alternatives: dict[str, list[Alternative]] = {}  # filled only with a budget
+    quantized = _run_gptq(root, slots, candidates, fallbacks, calib, records, progress, scheme, alternatives)
     info = QuantizationInfo(config=cfg)
     if cfg.max_bits_per_weight is not None and quantized:
-        info.precision_plan = apply_plan(root, slots, candidates, quantized, records, calib, scheme)
+        info.precision_plan = apply_plan(root, slots, candidates, quantized, records, calib, scheme, alternatives)
     replacements = {**fallbacks, **{candidates[name]: module for name, module in quantized.items()}}
     put(slots, replacements)
     root = replacements.get(root, root)
@@ -130,10 +132,13 @@ def _select(root: nn.Module, scheme: Int4Scheme) -> tuple[dict[str, nn.Linear], 
 
 
 def _run_gptq(root: nn.Module, slots: Slots, candidates: Mapping[str, nn.Linear],
-              fallbacks: Mapping[nn.Module, nn.Module], calib: CalibSet, cfg: QuantizationConfig,
-              records: dict[str, LayerInfo], progress: bool | None, scheme: Int4Scheme) -> dict[str, nn.Module]:
+              fallbacks: Mapping[nn.Module, nn.Module], calib: CalibSet, records: dict[str, LayerInfo],
+              progress: bool | None, scheme: Int4Scheme,
+              alternatives: dict[str, list[Alternative]]) -> dict[str, nn.Module]:
     """GPTQ every candidate the data reaches (data-free INT4 for the others); the new modules
-    by name, their records added to ``records``. ``root`` is left with its float layers."""
+    by name, their records added to ``records`` (with a budget, each GPTQ layer's other
+    precision options in ``alternatives``). ``root`` is left with its float layers."""
+    cfg = scheme.config
     if not candidates:
         return {}
     trace = trace_stages(root, calib.batches[0], candidates)
@@ -149,7 +154,7 @@ def _run_gptq(root: nn.Module, slots: Slots, candidates: Mapping[str, nn.Linear]
             with swapped(slots, done):
                 inputs = capture_pass(root, layers, calib, trace.stop_early, bar.update)
             for stage in stages:
-                _quantize_stage(stage, inputs, candidates, cfg, where, quantized, records)
+                _quantize_stage(stage, inputs, candidates, scheme, where, quantized, records, alternatives)
     for name in trace.never_called:
         quantized[name], record = scheme.convert_module(name, candidates[name])
         records[name] = dataclasses.replace(record, details={**record.details, "method": "data-free", "gptq": NEVER_CALLED})
@@ -157,18 +162,25 @@ def _run_gptq(root: nn.Module, slots: Slots, candidates: Mapping[str, nn.Linear]
 
 
 def _quantize_stage(stage: Stage, inputs: dict[str, LayerInputs], candidates: Mapping[str, nn.Linear],
-                    cfg: QuantizationConfig, where: str, quantized: dict[str, nn.Module],
-                    records: dict[str, LayerInfo]) -> None:
+                    scheme: Int4Scheme, where: str, quantized: dict[str, nn.Module],
+                    records: dict[str, LayerInfo], alternatives: dict[str, list[Alternative]]) -> None:
     """GPTQ the layers of one stage, one Hessian at a time (layers that saw the same inputs
-    share one; the previous Hessian is dropped before the next is built); the stage's captured
+    share one; the previous Hessian is dropped before the next is built); with a budget, also
+    each layer's other precision options while the Hessian is there. The stage's captured
     inputs are dropped once it is done."""
+    cfg = scheme.config
     for group in shared_groups(stage, inputs):
         h, rows = hessian(inputs[group[0]].chunks, candidates[group[0]].in_features)
         prepared = prepare(h, rows, cfg, group[0])
+        kept = h if cfg.max_bits_per_weight is not None else None  # the options' errors need it
         del h
         for name in group:
             quantized[name], records[name] = gptq_linear(
                 name, candidates[name], prepared, inputs[name].holdout, cfg, where)
+            if kept is not None:
+                alternatives[name] = layer_alternatives(name, candidates[name], (quantized[name], records[name]),
+                                                        prepared, kept, inputs[name].holdout, scheme, where)
+        del kept, prepared
     for name in stage.layers:
         inputs.pop(name, None)
 
