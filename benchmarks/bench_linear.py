@@ -115,6 +115,10 @@ def optional_peers(w: torch.Tensor, n: int, k: int) -> list[Contender]:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        # ORT's threads spin after each run by default: interleaved with the others they would
+        # hold the cores that torch's (and mono_quant's) threads need next
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         sessions = []
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = os.path.join(tmp, "f32.onnx"), os.path.join(tmp, "int8.onnx")
