@@ -73,7 +73,7 @@ static PyMethodDef methods[] = {
     {"threadpool_set_backoff", py_threadpool_set_backoff, METH_VARARGS,
      "threadpool_set_backoff(enabled) -> bool: back off under load (default on); returns the previous."},
     {"threadpool_backoff_step", py_threadpool_backoff_step, METH_VARARGS,
-     "threadpool_backoff_step(until, backoff, start, began, done, end) -> (until, backoff, contended)."},
+     "threadpool_backoff_step(until, backoff, start, began, done, end, idle) -> (until, backoff, contended)."},
     {"threadpool_back_off_for", py_threadpool_back_off_for, METH_VARARGS,
      "threadpool_back_off_for(seconds): test hook, run jobs on the calling thread alone for that long."},
     {"linear_isa_supported", py_linear_isa_supported, METH_VARARGS,

@@ -23,16 +23,16 @@ PyObject *py_threadpool_set_backoff(PyObject *self, PyObject *args) {
   return PyBool_FromLong(before);
 }
 
-/* threadpool_backoff_step(serial_until, backoff, start, began, done, end)
+/* threadpool_backoff_step(serial_until, backoff, start, began, done, end, idle)
  *   -> (serial_until, backoff, contended) */
 PyObject *py_threadpool_backoff_step(PyObject *self, PyObject *args) {
   (void)self;
-  long long until, backoff, start, began, done, end;
-  if (!PyArg_ParseTuple(args, "LLLLLL:threadpool_backoff_step", &until, &backoff, &start, &began,
-                        &done, &end))
+  long long until, backoff, start, began, done, end, idle;
+  if (!PyArg_ParseTuple(args, "LLLLLLL:threadpool_backoff_step", &until, &backoff, &start, &began,
+                        &done, &end, &idle))
     return NULL;
   mq_backoff st = {until, backoff, 0};
-  st = mq_backoff_step(st, start, began, done, end);
+  st = mq_backoff_step(st, start, began, done, end, idle);
   return Py_BuildValue("(LLO)", (long long)st.serial_until_ns, (long long)st.backoff_ns,
                        st.contended ? Py_True : Py_False);
 }

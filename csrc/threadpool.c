@@ -15,7 +15,7 @@
  * that the OS has not given a core, for a whole scheduler slice (milliseconds, against a
  * 0.2 ms job).  So every parallel job measures how long its caller waited after running out
  * of work, and a long wait makes the next jobs run on the caller alone for a while (backing
- * off, doubled while probes keep waiting, shortened by an eighth by each job that does not); see
+ * off, quadrupled while probes keep waiting, shortened by an eighth by each job that does not); see
  * mq_backoff_step in threadpool.h.  On a quiet machine helpers arrive within a chunk of
  * work, nothing is ever backed off, and jobs run exactly as before.
  *
@@ -282,11 +282,13 @@ const char *mq_threadpool_kind(void) { return "own"; }
 /* ---- backing off under load ------------------------------------------------------------ */
 
 mq_backoff mq_backoff_step(mq_backoff state, int64_t start_ns, int64_t began_ns, int64_t done_ns,
-                           int64_t end_ns) {
+                           int64_t end_ns, int64_t idle_ns) {
   const int64_t work = done_ns - began_ns, wait = (began_ns - start_ns) + (end_ns - done_ns);
-  if (wait > work / MQ_BACKOFF_WAIT_DIVISOR + MQ_BACKOFF_WAIT_SLACK_NS) {
+  const int64_t slack = idle_ns >= MQ_BACKOFF_IDLE_NS ? MQ_BACKOFF_WAKE_SLACK_NS : MQ_BACKOFF_WAIT_SLACK_NS;
+  if (wait > work / MQ_BACKOFF_WAIT_DIVISOR + slack) {
     state.serial_until_ns = end_ns + state.backoff_ns;
-    state.backoff_ns = state.backoff_ns * 2 > MQ_BACKOFF_MAX_NS ? MQ_BACKOFF_MAX_NS : state.backoff_ns * 2;
+    /* x4: a load that has come stays for a while, and each probe under it costs a slice */
+    state.backoff_ns = state.backoff_ns * 4 > MQ_BACKOFF_MAX_NS ? MQ_BACKOFF_MAX_NS : state.backoff_ns * 4;
     state.contended = 1;
   } else {
     /* Shortened by an eighth, not reset: under load some probes find a helper on time, and a
@@ -340,10 +342,13 @@ mq_threadpool_stats mq_threadpool_get_stats(void) {
   return st;
 }
 
+static _Atomic int64_t last_parallel_end_ns;
+
 static void note_job(int64_t start, int64_t began, int64_t done, int64_t end) {
   atomic_fetch_add(&stat_parallel, 1);
   mq_backoff state = {atomic_load(&serial_until_ns), atomic_load(&backoff_ns), 0};
-  state = mq_backoff_step(state, start, began, done, end);
+  const int64_t idle = start - atomic_exchange(&last_parallel_end_ns, end);
+  state = mq_backoff_step(state, start, began, done, end, idle);
   atomic_store(&backoff_ns, state.backoff_ns);
   if (state.contended) {
     atomic_store(&serial_until_ns, state.serial_until_ns);

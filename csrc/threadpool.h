@@ -42,12 +42,18 @@ void mq_parallel_range(int64_t n, int parts, int64_t align, int part, int64_t *b
  * A parallel job whose caller waited for the helpers (to start, or to finish after it ran out
  * of ranges) longer than work / MQ_BACKOFF_WAIT_DIVISOR + MQ_BACKOFF_WAIT_SLACK_NS (work: the
  * caller's own time running ranges) was contended: a helper had no core.  The jobs that start in
- * the next `backoff` nanoseconds run on the caller alone; the back-off doubles (up to
+ * the next `backoff` nanoseconds run on the caller alone; the back-off quadruples (up to
  * MQ_BACKOFF_MAX_NS) each time the first parallel job after it is contended again, and is
  * shortened by an eighth (down to MQ_BACKOFF_MIN_NS) by each parallel job that is not.  On a quiet machine a helper holds the
  * caller up by at most one chunk of work plus a wake-up, below the threshold. */
 #define MQ_BACKOFF_WAIT_DIVISOR 4
 #define MQ_BACKOFF_WAIT_SLACK_NS 100000      /* 0.1 ms */
+/* After MQ_BACKOFF_IDLE_NS without a parallel job the helpers have gone to sleep (libgomp's
+ * spin lasts ~3 ms at most), and waking one takes up to a few hundred microseconds even on a
+ * quiet machine: such a job may wait MQ_BACKOFF_WAKE_SLACK_NS more before it counts as
+ * contended.  A probe under load still waits a scheduler slice, several milliseconds. */
+#define MQ_BACKOFF_IDLE_NS 1000000           /* 1 ms */
+#define MQ_BACKOFF_WAKE_SLACK_NS 1000000     /* 1 ms */
 #define MQ_BACKOFF_MIN_NS 2000000            /* 2 ms */
 #define MQ_BACKOFF_MAX_NS 256000000          /* 0.256 s between probes at most */
 
@@ -60,10 +66,10 @@ typedef struct {
 /*! mq_backoff_step() : the back-off state after a parallel job that the caller started at
  *  start_ns, whose caller began its first range at began_ns (starting a team can wait for a
  *  helper too: libgomp docks its threads at a barrier), ran out of ranges at done_ns and
- *  returned at end_ns (CLOCK_MONOTONIC).  Waiting: (began - start) + (end - done); work:
- *  done - began. */
+ *  returned at end_ns (CLOCK_MONOTONIC), idle_ns after the previous parallel job ended.
+ *  Waiting: (began - start) + (end - done); work: done - began. */
 mq_backoff mq_backoff_step(mq_backoff state, int64_t start_ns, int64_t began_ns, int64_t done_ns,
-                           int64_t end_ns);
+                           int64_t end_ns, int64_t idle_ns);
 
 /*! mq_threadpool_set_backoff() : turn backing off on (the default) or off (as does the
  *  environment variable MONO_QUANT_LOAD_BACKOFF=0); while off, jobs neither wait out a

@@ -134,14 +134,14 @@ def test_a_child_forked_before_any_kernel_ran_does_not_hang():
 # ---- backing off under load ------------------------------------------------------------------
 # A parallel job whose caller waited for its helpers (to start, or to finish after the caller ran
 # out of work) much longer than the work itself was contended: the next jobs run on the caller
-# alone for a while, doubling while probes keep waiting.  The rule is checked here on made-up
+# alone for a while, growing while probes keep waiting.  The rule is checked here on made-up
 # times (a loaded machine cannot be summoned in a test); the benchmark shows it under a spinner.
 
 MS = 1_000_000
 
 
-def _step(until, backoff, start, began, done, end):
-    return K._C.threadpool_backoff_step(until, backoff, start, began, done, end)
+def _step(until, backoff, start, began, done, end, idle=0):
+    return K._C.threadpool_backoff_step(until, backoff, start, began, done, end, idle)
 
 
 def test_a_quiet_job_keeps_running_in_parallel_and_shortens_the_backoff():
@@ -154,10 +154,10 @@ def test_a_quiet_job_keeps_running_in_parallel_and_shortens_the_backoff():
     assert backoff == 2 * MS  # never below the minimum
 
 
-def test_a_long_wait_starts_a_backoff_that_doubles_up_to_a_cap():
+def test_a_long_wait_starts_a_backoff_that_grows_up_to_a_cap():
     # 0.2 ms of work, then 5 ms waiting for a helper with no core
     until, backoff, contended = _step(0, 2 * MS, 0, 0, 200_000, 5_200_000)
-    assert contended and until == 5_200_000 + 2 * MS and backoff == 4 * MS
+    assert contended and until == 5_200_000 + 2 * MS and backoff == 8 * MS
     for _ in range(12):
         until, backoff, contended = _step(until, backoff, 0, 0, 200_000, 5_200_000)
     assert contended and backoff == 256 * MS
@@ -167,6 +167,16 @@ def test_waiting_for_the_team_to_start_counts_as_waiting():
     """libgomp docks its threads at a barrier: a helper without a core holds up the start."""
     _, _, contended = _step(0, 2 * MS, 0, 4 * MS, 4 * MS + 300_000, 4 * MS + 310_000)
     assert contended
+
+
+def test_waking_helpers_after_an_idle_spell_is_not_load():
+    """After a millisecond without parallel jobs the helpers sleep: waking one may take a few
+    hundred microseconds on a quiet machine, not a scheduler slice."""
+    quiet_wake = (0, 2 * MS, 0, 0, 200_000, 700_000)  # 0.2 ms of work, 0.5 ms waking a helper
+    assert _step(*quiet_wake, idle=0)[2]  # back to back, that wait would be load
+    assert not _step(*quiet_wake, idle=5 * MS)[2]
+    # a probe after a back-off under real load waits a slice: still contended
+    assert _step(0, 2 * MS, 0, 0, 200_000, 4_200_000, idle=5 * MS)[2]
 
 
 def test_the_threshold_scales_with_the_work():
