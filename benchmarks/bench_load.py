@@ -90,11 +90,13 @@ def measure(rounds: int, calls: int, batches: list[int]) -> dict:
     """times[(contender, batch, mode)] -> list of seconds, modes interleaved round by round."""
     times: dict = {}
     cons = contenders()
-    for _ in range(rounds):
+    for r in range(rounds):
         for name, backs_off, layers, call in cons:
             for m in batches:
                 x = torch.randn(m, K_IN)
-                for label, threads, backoff in MODES:
+                # every other round in reverse, so no mode always follows the 1-thread one
+                # (whose calls leave the helper thread asleep and its cache cold)
+                for label, threads, backoff in (MODES if r % 2 == 0 else MODES[::-1]):
                     if not backs_off and not backoff:
                         continue  # torch's ops have no such switch
                     torch.set_num_threads(threads)

@@ -54,7 +54,7 @@ void mq_parallel_range(int64_t n, int parts, int64_t align, int part, int64_t *b
  * contended.  A probe under load still waits a scheduler slice, several milliseconds. */
 #define MQ_BACKOFF_IDLE_NS 1000000           /* 1 ms */
 #define MQ_BACKOFF_WAKE_SLACK_NS 1000000     /* 1 ms */
-#define MQ_BACKOFF_MIN_NS 2000000            /* 2 ms */
+#define MQ_BACKOFF_MIN_NS 500000             /* 0.5 ms */
 #define MQ_BACKOFF_MAX_NS 256000000          /* 0.256 s between probes at most */
 
 typedef struct {
