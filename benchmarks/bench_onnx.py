@@ -244,9 +244,10 @@ def main() -> None:
             f"{ms[('fp32', 1)] / t1:.2f}x | {t12:.2f} | {ms[('fp32', 12)] / t12:.2f}x |")
     t = {row: (ms[(row, 1)], ms[(row, 12)]) for row in order}
     lines += ["", "| target (issue 15) | measured | met |", "|---|---|---|"]
-    for size, i in ((1, 0), (12, 1)):
+    for size, i in ((12, 1), (1, 0)):
         ratio = t[ORT_OWN_INT8][i] / t["int8"][i]
-        lines.append(f"| batch {size}: mono_quant dynamic INT8 faster than ONNX Runtime's per-channel INT8 | "
+        label = "" if size == 12 else " (for reference: the issue sets this at batch 12)"
+        lines.append(f"| batch {size}: mono_quant dynamic INT8 faster than ONNX Runtime's per-channel INT8{label} | "
                      f"{t['int8'][i]:.2f} vs {t[ORT_OWN_INT8][i]:.2f} ms ({ratio:.2f}x) | {'yes' if ratio > 1 else 'NO'} |")
     for size, i in ((1, 0), (12, 1)):
         ratio = t["int8"][i] / t["static int8 (mse)"][i]
