@@ -74,7 +74,8 @@ enum {
 /*! mq_cpu_detect() : @return the MQ_CPU_* bits this CPU and OS support (CPUID + XGETBV; for
  *  AMX also the Linux permission request, made once here).  Detection runs once; the result is
  *  cached.  MONO_QUANT_DISABLE_SIMD=1 in the environment clears every bit (portable paths
- *  only); MONO_QUANT_DISABLE_AMX=1 clears MQ_CPU_AMX alone (and skips the request). */
+ *  only).  MQ_CPU_AMX is opt-in for now: set only with MONO_QUANT_ENABLE_AMX=1 (the kernel
+ *  has not yet run on real AMX hardware); MONO_QUANT_DISABLE_AMX=1 clears it either way. */
 unsigned mq_cpu_detect(void);
 
 /* ---- reductions (metrics.c) ----------------------------------------------------------- */

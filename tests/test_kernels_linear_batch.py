@@ -7,8 +7,10 @@ with the torch twin within the documented bound (``test_linear_kernels.check``),
 avx512_vnni kernels bit for bit (the tile path computes the same integers and then the same
 float operations in the same order), on shapes that cut every loop short: batch rows not a
 multiple of the 16-row tile or of the 64-row panel, output rows not a multiple of 16, k tails
-and k longer than one 1024-wide chunk, every INT4 group size. Plus the dispatch: AMX is picked
-where it runs, and ``MONO_QUANT_DISABLE_AMX`` / ``MONO_QUANT_DISABLE_SIMD`` turn it off.
+and k longer than one 1024-wide chunk, every INT4 group size. Plus the dispatch: AMX is opt-in
+(``MONO_QUANT_ENABLE_AMX=1``) until it has run on AMX hardware, picked where it runs when enabled,
+and ``MONO_QUANT_DISABLE_AMX`` / ``MONO_QUANT_DISABLE_SIMD`` turn it off. On an AMX CPU run
+``MONO_QUANT_ENABLE_AMX=1 make test`` to test the real tiles.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ def _tile_paths():
             reason="amx_emulated needs AVX-512 VNNI (its float epilogue is AVX-512)")),
         pytest.param("amx", marks=pytest.mark.skipif(
             not K.linear_isa_supported("amx"),
-            reason="this CPU/OS has no usable AMX-INT8 (CPUID AMX-TILE/AMX-INT8, XCR0 tile state, "
-                   "Linux arch_prctl permission), or MONO_QUANT_DISABLE_AMX is set")),
+            reason="AMX is opt-in until it has run on AMX hardware: set MONO_QUANT_ENABLE_AMX=1 on a CPU/OS "
+                   "with usable AMX-INT8 (CPUID AMX-TILE/AMX-INT8, XCR0 tile state, Linux arch_prctl "
+                   "permission) to test it")),
     ]
 
 
@@ -193,6 +196,14 @@ def _features_with(env_var: str) -> list[str]:
     env = {**os.environ, env_var: "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return out.stdout.split("\n")[:2]
+
+
+def test_amx_is_off_unless_enabled():
+    """The AMX path has not run on AMX hardware yet: it is never picked unless asked for."""
+    if os.environ.get("MONO_QUANT_ENABLE_AMX") == "1":
+        pytest.skip("MONO_QUANT_ENABLE_AMX=1 is set: this run tests the AMX path itself")
+    assert K.cpu_features()["amx"] is False
+    assert "amx" not in K.linear_isas() and not K.linear_isa_supported("amx")
 
 
 def test_disable_amx_turns_off_amx_alone():
