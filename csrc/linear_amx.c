@@ -38,6 +38,7 @@
  */
 #include <immintrin.h>
 
+#include "avx512_store.h"
 #include "linear.h"
 
 /* ---- the tile-operation layer ---------------------------------------------------------- */
@@ -166,11 +167,6 @@ typedef struct {
 typedef struct {
   float v[MC][MQ_LINEAR_NR];
 } amx_sums;
-
-static inline __mmask16 mask_first(int64_t count) {
-  if (count >= 16) return (__mmask16)0xffff;
-  return (__mmask16)((1u << count) - 1u);
-}
 
 /* -128 * the row sums of one B tile (8 x 64 signed bytes): the starting row of C. */
 static inline void block_comp(const uint8_t *b, int32_t *comp) {
@@ -306,27 +302,10 @@ static void int4_rows(amx_regs *r, const mq_linear_job *job, int64_t t, const am
   }
 }
 
-/* ---- output: as store_rows in linear_avx512.c --------------------------------------------- */
+/* ---- output (avx512_store.h) --------------------------------------------------------------- */
 
 static inline void store_row(const mq_linear_job *job, int64_t m, int64_t n0, __m512 y, int64_t rows) {
-  const __mmask16 mask = mask_first(rows);
-  const int64_t i = m * job->n + n0;
-  switch (job->out_dtype) {
-    case MQ_F32: _mm512_mask_storeu_ps((float *)job->out + i, mask, y); break;
-    case MQ_F16:
-      _mm256_mask_storeu_epi16((uint16_t *)job->out + i, mask,
-                               _mm512_cvtps_ph(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-      break;
-    default: { /* bfloat16, round to nearest even; NaN stays NaN (as mq_f32_to_bf16) */
-      const __m512i bits = _mm512_castps_si512(y);
-      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-      __m512i v = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-      const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(bits, _mm512_set1_epi32(0x7fffffff)),
-                                                    _mm512_set1_epi32(0x7f800000));
-      v = _mm512_mask_or_epi32(v, nan, _mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
-      _mm256_mask_storeu_epi16((uint16_t *)job->out + i, mask, _mm512_cvtepi32_epi16(v));
-    }
-  }
+  mq_store16(job->out, job->out_dtype, m * job->n + n0, y, mq_mask_first16(rows));
 }
 
 static void int8_panel_out(const mq_linear_job *job, int64_t t, int64_t m0, int64_t mc, const amx_sums *s) {
@@ -334,7 +313,7 @@ static void int8_panel_out(const mq_linear_job *job, int64_t t, int64_t m0, int6
   const __m512 scale = _mm512_loadu_ps(tail);
   const __m512 zero = _mm512_cvtepi32_ps(_mm512_loadu_si512(tail + 64));
   const int64_t n0 = t * MQ_LINEAR_NR, rows = mq_linear_tile_rows(job, t);
-  const __m512 bias = job->bias ? _mm512_maskz_loadu_ps(mask_first(rows), job->bias + n0) : _mm512_setzero_ps();
+  const __m512 bias = job->bias ? _mm512_maskz_loadu_ps(mq_mask_first16(rows), job->bias + n0) : _mm512_setzero_ps();
   for (int64_t i = 0; i < mc; i++) {
     const __m512 diff = _mm512_fnmadd_ps(zero, _mm512_set1_ps(job->corr[m0 + i]), _mm512_load_ps(s->v[i]));
     store_row(job, m0 + i, n0, _mm512_fmadd_ps(scale, diff, bias), rows);
@@ -343,7 +322,7 @@ static void int8_panel_out(const mq_linear_job *job, int64_t t, int64_t m0, int6
 
 static void int4_panel_out(const mq_linear_job *job, int64_t t, int64_t m0, int64_t mc, const amx_sums *s) {
   const int64_t n0 = t * MQ_LINEAR_NR, rows = mq_linear_tile_rows(job, t);
-  const __m512 bias = job->bias ? _mm512_maskz_loadu_ps(mask_first(rows), job->bias + n0) : _mm512_setzero_ps();
+  const __m512 bias = job->bias ? _mm512_maskz_loadu_ps(mq_mask_first16(rows), job->bias + n0) : _mm512_setzero_ps();
   for (int64_t i = 0; i < mc; i++) store_row(job, m0 + i, n0, _mm512_add_ps(_mm512_load_ps(s->v[i]), bias), rows);
 }
 

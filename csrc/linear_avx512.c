@@ -12,6 +12,7 @@
  */
 #include <immintrin.h>
 
+#include "avx512_store.h"
 #include "linear.h"
 
 #define MR 4 /* batch rows per pass over a tile */
@@ -25,20 +26,14 @@ static inline __m512 load16_f32(const void *x, mq_dtype dtype, int64_t i, __mmas
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-static inline __mmask16 mask_first(int64_t count) {
-  if (count >= 16) return (__mmask16)0xffff;
-  if (count <= 0) return 0;
-  return (__mmask16)((1u << count) - 1u);
-}
-
 static int quantize_row_avx512(const void *x, mq_dtype dtype, int64_t k, int64_t kp, int8_t *xq,
                                float *d, int32_t *asum) {
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
   const __m512i qlo = _mm512_set1_epi32(-127), qhi = _mm512_set1_epi32(127);
   for (int64_t b = 0; b < kp / MQ_LINEAR_QK; b++) {
     const int64_t i0 = b * MQ_LINEAR_QK;
-    const __m512 v0 = load16_f32(x, dtype, i0, mask_first(k - i0));
-    const __m512 v1 = load16_f32(x, dtype, i0 + 16, mask_first(k - i0 - 16));
+    const __m512 v0 = load16_f32(x, dtype, i0, mq_mask_first16(k - i0));
+    const __m512 v1 = load16_f32(x, dtype, i0 + 16, mq_mask_first16(k - i0 - 16));
     const __m512i bits = _mm512_max_epu32(_mm512_and_si512(_mm512_castps_si512(v0), abs_mask),
                                           _mm512_and_si512(_mm512_castps_si512(v1), abs_mask));
     const uint32_t amax_bits = _mm512_reduce_max_epu32(bits);
@@ -64,24 +59,7 @@ static int quantize_row_avx512(const void *x, mq_dtype dtype, int64_t k, int64_t
 /* ---- output ------------------------------------------------------------------------------- */
 
 static inline void store_rows(const mq_linear_job *job, int64_t m, int64_t n0, __m512 y, int64_t rows) {
-  const __mmask16 mask = mask_first(rows);
-  const int64_t i = m * job->n + n0;
-  switch (job->out_dtype) {
-    case MQ_F32: _mm512_mask_storeu_ps((float *)job->out + i, mask, y); break;
-    case MQ_F16:
-      _mm256_mask_storeu_epi16((uint16_t *)job->out + i, mask,
-                               _mm512_cvtps_ph(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-      break;
-    default: { /* bfloat16, round to nearest even; NaN stays NaN (as mq_f32_to_bf16) */
-      const __m512i bits = _mm512_castps_si512(y);
-      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-      __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-      const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(bits, _mm512_set1_epi32(0x7fffffff)),
-                                                    _mm512_set1_epi32(0x7f800000));
-      r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
-      _mm256_mask_storeu_epi16((uint16_t *)job->out + i, mask, _mm512_cvtepi32_epi16(r));
-    }
-  }
+  mq_store16(job->out, job->out_dtype, m * job->n + n0, y, mq_mask_first16(rows));
 }
 
 static inline __m512i bcast4(const int8_t *p) {
@@ -120,7 +98,7 @@ static void int8_gemv(const mq_linear_job *job, int64_t t) {
   }
   const uint8_t *tail = tile + nb * MQ_LINEAR_INT8_BLOCK_BYTES; /* mq_linear_int8_tile_tail */
   const int64_t n0 = t * MQ_LINEAR_NR, rows = mq_linear_tile_rows(job, t);
-  const __m512 bias = job->bias ? _mm512_maskz_loadu_ps(mask_first(rows), job->bias + n0) : _mm512_setzero_ps();
+  const __m512 bias = job->bias ? _mm512_maskz_loadu_ps(mq_mask_first16(rows), job->bias + n0) : _mm512_setzero_ps();
   const __m512 zero = _mm512_cvtepi32_ps(_mm512_loadu_si512(tail + 64));
   const __m512 diff = _mm512_fnmadd_ps(zero, _mm512_set1_ps(job->corr[0]), facc);
   store_rows(job, 0, n0, _mm512_fmadd_ps(_mm512_loadu_ps(tail), diff, bias), rows);
@@ -159,7 +137,7 @@ static inline __attribute__((always_inline)) void int8_gemm(const mq_linear_job 
     const __m512 scale = _mm512_loadu_ps(tail);
     const __m512 zero = _mm512_cvtepi32_ps(_mm512_loadu_si512(tail + 64));
     const int64_t n0 = (t + j) * MQ_LINEAR_NR, rows = mq_linear_tile_rows(job, t + j);
-    const __m512 bias = job->bias ? _mm512_maskz_loadu_ps(mask_first(rows), job->bias + n0) : _mm512_setzero_ps();
+    const __m512 bias = job->bias ? _mm512_maskz_loadu_ps(mq_mask_first16(rows), job->bias + n0) : _mm512_setzero_ps();
     for (int i = 0; i < mr; i++) {
       const __m512 diff = _mm512_fnmadd_ps(zero, _mm512_set1_ps(job->corr[m0 + i]), facc[j][i]);
       store_rows(job, m0 + i, n0, _mm512_fmadd_ps(scale, diff, bias), rows);
@@ -223,7 +201,7 @@ static void int4_gemv(const mq_linear_job *job, int64_t t) {
     facc = _mm512_fmadd_ps(scale, _mm512_fnmadd_ps(zero, _mm512_set1_ps(job->corr[grp]), gacc), facc);
   }
   const int64_t n0 = t * MQ_LINEAR_NR, rows = mq_linear_tile_rows(job, t);
-  const __m512 bias = job->bias ? _mm512_maskz_loadu_ps(mask_first(rows), job->bias + n0) : _mm512_setzero_ps();
+  const __m512 bias = job->bias ? _mm512_maskz_loadu_ps(mq_mask_first16(rows), job->bias + n0) : _mm512_setzero_ps();
   store_rows(job, 0, n0, _mm512_add_ps(facc, bias), rows);
 }
 
@@ -280,7 +258,7 @@ static inline __attribute__((always_inline)) void int4_gemm(const mq_linear_job 
   }
   for (int j = 0; j < nt; j++) {
     const int64_t n0 = (t + j) * MQ_LINEAR_NR, rows = mq_linear_tile_rows(job, t + j);
-    const __m512 bias = job->bias ? _mm512_maskz_loadu_ps(mask_first(rows), job->bias + n0) : _mm512_setzero_ps();
+    const __m512 bias = job->bias ? _mm512_maskz_loadu_ps(mq_mask_first16(rows), job->bias + n0) : _mm512_setzero_ps();
     for (int i = 0; i < mr; i++) store_rows(job, m0 + i, n0, _mm512_add_ps(facc[j][i], bias), rows);
   }
 }

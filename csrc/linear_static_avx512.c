@@ -11,15 +11,10 @@
  */
 #include <immintrin.h>
 
+#include "avx512_store.h"
 #include "linear_static.h"
 
 #define MR 4 /* batch rows per pass over a pair of tiles, as linear_avx512.c */
-
-static inline __mmask16 mask_first(int64_t count) {
-  if (count >= 16) return (__mmask16)0xffff;
-  if (count <= 0) return 0;
-  return (__mmask16)((1u << count) - 1u);
-}
 
 static inline __m512 load16_f32(const void *x, mq_dtype dtype, int64_t i, __mmask16 mask) {
   if (dtype == MQ_F32) return _mm512_maskz_loadu_ps(mask, (const float *)x + i);
@@ -40,7 +35,7 @@ static int quantize_row_avx512(const void *x, mq_dtype dtype, int64_t k, int64_t
   __m512i vsum = _mm512_setzero_si512();
   int64_t total = 0;
   for (int64_t i = 0; i < kp; i += 16) {
-    const __mmask16 mask = mask_first(k - i);
+    const __mmask16 mask = mq_mask_first16(k - i);
     const __m512 v = load16_f32(x, dtype, i, mask);
     const __m512i bits = _mm512_and_si512(_mm512_castps_si512(v), abs_mask);
     if (_mm512_cmpge_epu32_mask(bits, inf_bits)) return 0;
@@ -62,26 +57,9 @@ static int quantize_row_avx512(const void *x, mq_dtype dtype, int64_t k, int64_t
 
 /* ---- output ------------------------------------------------------------------------------- */
 
-/* As linear_avx512.c's store_rows: y[0..rows) into out row m at column n0, in out_dtype. */
+/* y[0..rows) into out row m at column n0, in out_dtype. */
 static inline void store_rows(const mq_linear_static_job *job, int64_t m, int64_t n0, __m512 y, int64_t rows) {
-  const __mmask16 mask = mask_first(rows);
-  const int64_t i = m * job->n + n0;
-  switch (job->out_dtype) {
-    case MQ_F32: _mm512_mask_storeu_ps((float *)job->out + i, mask, y); break;
-    case MQ_F16:
-      _mm256_mask_storeu_epi16((uint16_t *)job->out + i, mask,
-                               _mm512_cvtps_ph(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-      break;
-    default: { /* bfloat16, round to nearest even; NaN stays NaN (as mq_f32_to_bf16) */
-      const __m512i bits = _mm512_castps_si512(y);
-      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-      __m512i r = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-      const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(bits, _mm512_set1_epi32(0x7fffffff)),
-                                                    _mm512_set1_epi32(0x7f800000));
-      r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
-      _mm256_mask_storeu_epi16((uint16_t *)job->out + i, mask, _mm512_cvtepi32_epi16(r));
-    }
-  }
+  mq_store16(job->out, job->out_dtype, m * job->n + n0, y, mq_mask_first16(rows));
 }
 
 /* The per-tile constants of the epilogue. */
@@ -105,7 +83,7 @@ static inline tile_consts consts_of(const mq_linear_static_job *job, const uint8
   const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(q_lo), q_hi, 1);
   c.zq = _mm512_mullo_epi32(_mm512_set1_epi32(job->zs), q);
   c.ws = _mm512_mul_ps(_mm512_set1_ps(job->x_scale), _mm512_loadu_ps((const float *)tail));
-  c.bias = job->bias ? _mm512_maskz_loadu_ps(mask_first(c.rows), job->bias + c.n0) : _mm512_setzero_ps();
+  c.bias = job->bias ? _mm512_maskz_loadu_ps(mq_mask_first16(c.rows), job->bias + c.n0) : _mm512_setzero_ps();
   return c;
 }
 
