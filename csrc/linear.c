@@ -238,25 +238,16 @@ static void quantize_rows(void *ctx, int64_t r0, int64_t r1) {
   }
 }
 
-/* The threads share the tiles through a counter, `chunk` tiles at a time: a thread that the
- * OS preempts holds up at most one chunk, not a fixed half of the layer.  Every tile is still
- * computed whole by one thread, so which thread takes it does not change the result. */
+/* The tiles of one job, as an mq_range_fn for mq_parallel_chunks (a preempted thread holds up
+ * one chunk of tiles; each tile is computed whole by one thread: same result). */
 typedef struct {
   const mq_linear_job *job;
   void (*tiles)(const mq_linear_job *job, int64_t t0, int64_t t1);
-  int64_t total, chunk;
-  atomic_llong next;
 } tiles_ctx;
 
-static void run_tiles(void *ctx, int64_t part_begin, int64_t part_end) {
-  tiles_ctx *c = ctx;
-  (void)part_begin;
-  (void)part_end; /* parts only say how many threads share the tiles */
-  for (;;) {
-    const int64_t t0 = atomic_fetch_add(&c->next, c->chunk);
-    if (t0 >= c->total) return;
-    c->tiles(c->job, t0, t0 + c->chunk < c->total ? t0 + c->chunk : c->total);
-  }
+static void run_tiles(void *ctx, int64_t t0, int64_t t1) {
+  const tiles_ctx *c = ctx;
+  c->tiles(c->job, t0, t1);
 }
 
 static size_t align64(size_t v) { return (v + 63) & ~(size_t)63; }
@@ -278,8 +269,8 @@ static void run_job(const mq_linear_job *job, const mq_linear_kernels *kern, int
   /* job->xu is checked too: the threshold hook may move between the driver's two looks */
   if (use_batch(kern, job->m) && (job->xu != NULL || !kern->needs_xu))
     fn = job->group ? kern->int4_batch : kern->int8_batch;
-  tiles_ctx tc = {job, fn, tiles, chunk, 0};
-  mq_parallel_for(parts, 1, 1, parts, run_tiles, &tc);
+  tiles_ctx tc = {job, fn};
+  mq_parallel_chunks(tiles, chunk, parts, run_tiles, &tc);
 }
 
 /* ---- rows too large for float32 sums ---------------------------------------------------- */

@@ -175,24 +175,15 @@ static void quantize_rows(void *ctx, int64_t r0, int64_t r1) {
   }
 }
 
-/* Tiles shared through a counter, `chunk` at a time, as linear.c's run_tiles: a preempted
- * thread holds up one chunk; each tile is computed whole by one thread (same result). */
+/* The tiles of one job, as an mq_range_fn for mq_parallel_chunks (as in linear.c). */
 typedef struct {
   const mq_linear_static_job *job;
   void (*tiles)(const mq_linear_static_job *job, int64_t t0, int64_t t1);
-  int64_t total, chunk;
-  atomic_llong next;
 } tiles_ctx;
 
-static void run_tiles(void *ctx, int64_t part_begin, int64_t part_end) {
-  tiles_ctx *c = ctx;
-  (void)part_begin;
-  (void)part_end;
-  for (;;) {
-    const int64_t t0 = atomic_fetch_add(&c->next, c->chunk);
-    if (t0 >= c->total) return;
-    c->tiles(c->job, t0, t0 + c->chunk < c->total ? t0 + c->chunk : c->total);
-  }
+static void run_tiles(void *ctx, int64_t t0, int64_t t1) {
+  const tiles_ctx *c = ctx;
+  c->tiles(c->job, t0, t1);
 }
 
 static void run_job(const mq_linear_static_job *job, const mq_linear_static_kernels *kern, int num_threads) {
@@ -202,8 +193,8 @@ static void run_job(const mq_linear_static_job *job, const mq_linear_static_kern
   const int parts = mq_parallel_parts(tiles, min_tiles, 1, num_threads);
   int64_t chunk = tiles / ((int64_t)parts * MQ_LS_CHUNKS_PER_THREAD);
   if (chunk < min_tiles / 2 + 1) chunk = min_tiles / 2 + 1;
-  tiles_ctx tc = {job, kern->tiles, tiles, chunk, 0};
-  mq_parallel_for(parts, 1, 1, parts, run_tiles, &tc);
+  tiles_ctx tc = {job, kern->tiles};
+  mq_parallel_chunks(tiles, chunk, parts, run_tiles, &tc);
 }
 
 /* k > MQ_LINEAR_STATIC_KC: int64 sums over chunks of KC, then the epilogue in int64. */

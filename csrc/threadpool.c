@@ -417,3 +417,29 @@ void mq_parallel_for(int64_t n, int64_t min_per_thread, int64_t align, int num_t
   pthread_mutex_unlock(&pool.dispatch);
   if (measured) note_job(start, times[0], times[1], now_ns());
 }
+
+/* ---- chunks claimed from a counter -------------------------------------------------------- */
+
+typedef struct {
+  mq_range_fn fn;
+  void *ctx;
+  int64_t n, chunk;
+  atomic_llong next;
+} chunks_job;
+
+static void run_chunks(void *ctx, int64_t part_begin, int64_t part_end) {
+  chunks_job *c = ctx;
+  (void)part_begin;
+  (void)part_end; /* parts only say how many threads share the chunks */
+  for (;;) {
+    const int64_t b = atomic_fetch_add(&c->next, c->chunk);
+    if (b >= c->n) return;
+    c->fn(c->ctx, b, b + c->chunk < c->n ? b + c->chunk : c->n);
+  }
+}
+
+void mq_parallel_chunks(int64_t n, int64_t chunk, int parts, mq_range_fn fn, void *ctx) {
+  if (n <= 0) return;
+  chunks_job c = {fn, ctx, n, chunk < 1 ? 1 : chunk, 0};
+  mq_parallel_for(parts, 1, 1, parts, run_chunks, &c);
+}

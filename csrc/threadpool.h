@@ -28,6 +28,13 @@ typedef void (*mq_range_fn)(void *ctx, int64_t begin, int64_t end);
 void mq_parallel_for(int64_t n, int64_t min_per_thread, int64_t align, int num_threads,
                           mq_range_fn fn, void *ctx);
 
+/*! mq_parallel_chunks() :
+ *  Runs fn(ctx, begin, end) over [0, n) in chunks of `chunk` items (the last may be shorter)
+ *  that up to `parts` threads, the caller included, claim from a shared counter: a thread the
+ *  OS preempts holds up one chunk, not a fixed share.  Every chunk is run whole by one thread,
+ *  so a kernel whose chunks write disjoint outputs gets the same results whoever runs them. */
+void mq_parallel_chunks(int64_t n, int64_t chunk, int parts, mq_range_fn fn, void *ctx);
+
 /*! mq_threadpool_kind() : "libgomp" when jobs run on the OpenMP team torch uses (libgomp
  *  found in the process), "own" when they run on mono_quant's pool. */
 const char *mq_threadpool_kind(void);
