@@ -157,8 +157,45 @@ static inline __attribute__((always_inline)) void gemm(const mq_linear_static_jo
   }
 }
 
+/* The common pass, two tiles times four rows, with its eight sums and two weights named: written
+ * through gemm()'s arrays, GCC copied the sums between registers at every quad and re-read the
+ * weights for each row (measured 10-25% slower than the dynamic kernel on MiniLM's layers). */
+static void gemm_2x4(const mq_linear_static_job *job, int64_t t, int64_t m0) {
+  const int64_t kp = job->kp;
+  const uint8_t *w0p = job->tiles + t * job->tile_bytes, *w1p = w0p + job->tile_bytes;
+  const int8_t *x0 = (const int8_t *)job->xs + m0 * kp, *x1 = x0 + kp, *x2 = x1 + kp, *x3 = x2 + kp;
+  __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a03 = a00;
+  __m512i a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+  for (int64_t q = job->q0; q < job->q1; q++) {
+    const __m512i w0 = _mm512_loadu_si512(w0p + q * 64), w1 = _mm512_loadu_si512(w1p + q * 64);
+    __m512i a = bcast4(x0 + q * 4);
+    a00 = _mm512_dpbusd_epi32(a00, w0, a);
+    a10 = _mm512_dpbusd_epi32(a10, w1, a);
+    a = bcast4(x1 + q * 4);
+    a01 = _mm512_dpbusd_epi32(a01, w0, a);
+    a11 = _mm512_dpbusd_epi32(a11, w1, a);
+    a = bcast4(x2 + q * 4);
+    a02 = _mm512_dpbusd_epi32(a02, w0, a);
+    a12 = _mm512_dpbusd_epi32(a12, w1, a);
+    a = bcast4(x3 + q * 4);
+    a03 = _mm512_dpbusd_epi32(a03, w0, a);
+    a13 = _mm512_dpbusd_epi32(a13, w1, a);
+  }
+  const tile_consts c0 = consts_of(job, w0p, t), c1 = consts_of(job, w1p, t + 1);
+  finish(job, &c0, m0, a00);
+  finish(job, &c0, m0 + 1, a01);
+  finish(job, &c0, m0 + 2, a02);
+  finish(job, &c0, m0 + 3, a03);
+  finish(job, &c1, m0, a10);
+  finish(job, &c1, m0 + 1, a11);
+  finish(job, &c1, m0 + 2, a12);
+  finish(job, &c1, m0 + 3, a13);
+}
+
 static inline __attribute__((always_inline)) void gemm_rows(const mq_linear_static_job *job, int64_t t, const int nt) {
   int64_t m0 = 0;
+  if (nt == 2)
+    for (; m0 + MR <= job->m; m0 += MR) gemm_2x4(job, t, m0);
   for (; m0 + MR <= job->m; m0 += MR) gemm(job, t, m0, nt, MR);
   switch (job->m - m0) {
     case 3: gemm(job, t, m0, nt, 3); break;
