@@ -265,6 +265,10 @@ static void run_job(const mq_linear_job *job, const mq_linear_kernels *kern, int
   const int parts = mq_parallel_parts(tiles, min_tiles, 1, num_threads);
   int64_t chunk = tiles / ((int64_t)parts * MQ_LINEAR_CHUNKS_PER_THREAD);
   if (chunk < min_tiles / 2 + 1) chunk = min_tiles / 2 + 1;
+  /* batch passes take two tiles at a time within a chunk (each weight load feeds more
+   * rows, each activation broadcast two tiles): an odd chunk leaves single-tile passes,
+   * and chunks of one tile (MiniLM's 384-wide layers) had no pairs at all */
+  if (job->m > 1) chunk += chunk & 1;
   void (*fn)(const mq_linear_job *, int64_t, int64_t) = job->group ? kern->int4_tiles : kern->int8_tiles;
   /* job->xu is checked too: the threshold hook may move between the driver's two looks */
   if (use_batch(kern, job->m) && (job->xu != NULL || !kern->needs_xu))

@@ -193,6 +193,10 @@ static void run_job(const mq_linear_static_job *job, const mq_linear_static_kern
   const int parts = mq_parallel_parts(tiles, min_tiles, 1, num_threads);
   int64_t chunk = tiles / ((int64_t)parts * MQ_LS_CHUNKS_PER_THREAD);
   if (chunk < min_tiles / 2 + 1) chunk = min_tiles / 2 + 1;
+  /* batch passes take two tiles at a time within a chunk (each weight load feeds more
+   * rows, each activation broadcast two tiles): an odd chunk leaves single-tile passes,
+   * and chunks of one tile (MiniLM's 384-wide layers) had no pairs at all */
+  if (job->m > 1) chunk += chunk & 1;
   tiles_ctx tc = {job, kern->tiles};
   mq_parallel_chunks(tiles, chunk, parts, run_tiles, &tc);
 }
