@@ -8,6 +8,8 @@ On a shared, busy machine use OMP_WAIT_POLICY=PASSIVE: torch's spinning OpenMP t
 wait for a descheduled peer at every barrier and MiniLM's batch 1 gets 10-50x slower, which
 says nothing about either runtime (ONNX Runtime's threads are set not to spin either).
 
+Beside eager torch, each torch model also runs compiled (``torch.compile``, inductor), as
+loaded and switched to transformers' "eager" attention: the graph-level peers of ONNX Runtime.
 Each quantized model is exported once with ``mono_quant.export_onnx`` (INT8 also with
 ``int8_activations="dynamic"``) and run in ONNX Runtime on the CPU. Accuracy: cosine of the
 mean-pooled, normalised sentence embeddings against fp32 torch, over the demo's twelve
@@ -21,6 +23,7 @@ A benchmark, never a test.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import os
 import platform
@@ -104,6 +107,36 @@ def export_all(models: dict, tokenizer, folder: str) -> dict[str, tuple[str, str
 
 
 ORT_OWN_INT8 = "ORT int8 per-channel (onnxruntime.quantization.quantize_dynamic of the fp32 export)"
+COMPILED_PREFIX = "compiled "
+EAGER_ATTENTION = "eager"  # transformers' attention written as matmul + softmax, which inductor fuses
+
+
+def compiled_row(key: str, attention: str = "") -> str:
+    return COMPILED_PREFIX + key + (f", {attention} attention" if attention else "")
+
+
+def compiled(models: dict) -> dict[str, tuple[str, torch.nn.Module | None]]:
+    """torch.compile (inductor) of fp32, dynamic INT8 and static INT8: the graph-level peer of
+    ONNX Runtime (inductor fuses torch's float ops around mono_quant's operators, which stay
+    opaque C calls). Each twice: as loaded (transformers' SDPA attention), and a deep copy switched
+    to transformers' "eager" attention (the same math as matmul + softmax + matmul), because
+    torch's CPU SDPA kernel is slow at MiniLM's tiny heads ([12, 12, 15, 32]: ~0.5 ms a call).
+    Row -> (eager model key, compiled module; None when ``models`` is empty: names only)."""
+    # six compiled copies of one model class share its forward's code object, whose default
+    # limit of 8 compiled variants would send the later ones back to eager execution
+    torch._dynamo.config.recompile_limit = 64
+    out = {}
+    for key in ("fp32", "int8", "static int8 (mse)"):
+        for attention in ("", EAGER_ATTENTION):
+            module = None
+            if models:
+                module = models[key]
+                if attention:
+                    module = copy.deepcopy(module)
+                    module.set_attn_implementation(attention)
+                module = torch.compile(module)
+            out[compiled_row(key, attention)] = (key, module)
+    return out
 
 
 def sessions(files: dict, threads: int) -> dict:
@@ -179,10 +212,16 @@ def main() -> None:
     sess = sessions(files, threads)
     runners = {**{key: torch_runner(m) for key, m in models.items()},
                **{row: ort_runner(s) for row, s in sess.items()}}
-    order = ["fp32", "ORT fp32", "int8", "ORT int8 (weight-only QDQ, default)",
-             "ORT int8 (int8_activations='dynamic')", ORT_OWN_INT8, "static int8 (mse)", "ORT static int8 (QDQ)",
-             "int4 g128", "ORT int4 g128 (MatMulNBits)"]
+    for row, (key, module) in compiled(models).items():
+        runners[row] = torch_runner(module)
+        sizes[row] = sizes[key]
+    order = ["fp32", "ORT fp32", compiled_row("fp32"), compiled_row("fp32", EAGER_ATTENTION),
+             "int8", compiled_row("int8"), compiled_row("int8", EAGER_ATTENTION),
+             "ORT int8 (weight-only QDQ, default)", "ORT int8 (int8_activations='dynamic')", ORT_OWN_INT8,
+             "static int8 (mse)", compiled_row("static int8 (mse)"), compiled_row("static int8 (mse)", EAGER_ATTENTION),
+             "ORT static int8 (QDQ)", "int4 g128", "ORT int4 g128 (MatMulNBits)"]
     source = {row: key for row, (key, _) in files.items()}
+    source.update({row: key for row, (key, _) in compiled({}).items()})
 
     reference = embeddings(runners["fp32"], tokenizer)
     cos = {}
@@ -219,8 +258,11 @@ def main() -> None:
         f"(torch and ONNX Runtime); torch {torch.__version__}; onnxruntime {ort.__version__}; "
         f"mono_quant path `{K.linear_isa()}`  ",
         f"Cosine: mean-pooled sentence embeddings vs fp32 torch over {len(SENTENCES) + len(VARIED)} sentences "
-        "(the demo's 12 and 12 varied ones), mean and worst sentence; for ORT rows also the worst cosine "
-        "against the same model in eager mono_quant. Size: the .onnx file, or `save_quantized`'s .safetensors. "
+        "(the demo's 12 and 12 varied ones), mean and worst sentence; for ORT and compiled rows also the worst "
+        "cosine against the same model in eager torch. torch.compile rows: the eager model compiled with "
+        "inductor's defaults, as loaded (SDPA attention) and with transformers' `eager` attention "
+        "(`model.set_attn_implementation(\"eager\")`: matmul + softmax + matmul, which inductor fuses; "
+        "torch's CPU SDPA kernel takes ~0.5 ms per call on MiniLM's tiny heads). Size: the .onnx file, or `save_quantized`'s .safetensors. "
         f"Latency: median over {args.rounds} interleaved rounds of the median of {args.calls} calls "
         f"(batch 1 = one sentence, {tokens[1]} tokens) or {max(3, args.calls // 3)} calls (batch 12, padded "
         f"to {tokens[12]} tokens). Load average before/after: {load_before:.2f} / {load_after:.2f} "
@@ -233,11 +275,15 @@ def main() -> None:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in order:
-        runtime = "ONNX Runtime" if row.startswith("ORT") else "torch eager"
-        name = row.removeprefix("ORT ") if row.startswith("ORT") else (
-            "fp32" if row == "fp32" else f"mono_quant {row}")
+        if row.startswith("ORT"):
+            runtime, name = "ONNX Runtime", row.removeprefix("ORT ")
+        else:
+            runtime = "torch.compile (inductor)" if row.startswith(COMPILED_PREFIX) else "torch eager"
+            key = row.removeprefix(COMPILED_PREFIX)
+            name = key if key.startswith("fp32") else f"mono_quant {key}"
         mean, worst, vs_eager = cos[row]
-        eager = f"{vs_eager:.5f}" if row in source and source[row] != "fp32" else "-"
+        eager = f"{vs_eager:.5f}" if row in source and (source[row] != "fp32" or row.startswith(COMPILED_PREFIX)) \
+            else "-"
         t1, t12 = ms[(row, 1)], ms[(row, 12)]
         lines.append(
             f"| {name} | {runtime} | {mean:.4f} / {worst:.4f} | {eager} | {sizes[row] / 1e6:.1f} | {t1:.2f} | "
@@ -245,10 +291,13 @@ def main() -> None:
     t = {row: (ms[(row, 1)], ms[(row, 12)]) for row in order}
     lines += ["", "| target (issue 15) | measured | met |", "|---|---|---|"]
     for size, i in ((12, 1), (1, 0)):
-        ratio = t[ORT_OWN_INT8][i] / t["int8"][i]
         label = "" if size == 12 else " (for reference: the issue sets this at batch 12)"
-        lines.append(f"| batch {size}: mono_quant dynamic INT8 faster than ONNX Runtime's per-channel INT8{label} | "
-                     f"{t['int8'][i]:.2f} vs {t[ORT_OWN_INT8][i]:.2f} ms ({ratio:.2f}x) | {'yes' if ratio > 1 else 'NO'} |")
+        for row, how in (("int8", "eager"), (compiled_row("int8"), "torch.compile"),
+                         (compiled_row("int8", EAGER_ATTENTION), "torch.compile, eager attention")):
+            ratio = t[ORT_OWN_INT8][i] / t[row][i]
+            lines.append(f"| batch {size}: mono_quant dynamic INT8 ({how}) faster than ONNX Runtime's per-channel "
+                         f"INT8{label} | {t[row][i]:.2f} vs {t[ORT_OWN_INT8][i]:.2f} ms ({ratio:.2f}x) | "
+                         f"{'yes' if ratio > 1 else 'NO'} |")
     for size, i in ((1, 0), (12, 1)):
         ratio = t["int8"][i] / t["static int8 (mse)"][i]
         lines.append(f"| batch {size}: mono_quant static INT8 >= dynamic INT8 | {t['static int8 (mse)'][i]:.2f} vs "
