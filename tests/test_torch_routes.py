@@ -201,6 +201,37 @@ def test_minilm_traces_and_compiles_in_one_graph(scheme):
         assert torch.equal(out["last_hidden_state"], eager)
 
 
+def test_minilm_with_eager_attention_compiles_with_inductor(monkeypatch):
+    """The README's fastest CPU route for a small encoder (benchmarks/bench_onnx.py): switch
+    transformers to its "eager" attention (matmul + softmax, which inductor fuses; torch's CPU
+    SDPA kernel is slow on tiny heads) and compile with inductor. One graph, every quantized
+    layer still runs the C kernel, and the sentence embeddings keep eager mono_quant's accuracy."""
+    pytest.importorskip("transformers", reason="the MiniLM demo model needs transformers (make test installs it)")
+    from mono_quant.demo import SENTENCES, embed, load_minilm
+
+    model, tokenizer = load_minilm()
+    qmodel, _ = mono_quant.dynamic_quantize(model, "int8", validate=False)
+    eager = embed(qmodel, tokenizer, SENTENCES)
+    layers = sum(isinstance(m, QuantizedLinear) for m in qmodel.modules())
+    calls = []
+    kernel = K.linear_packed
+    monkeypatch.setattr(K, "linear_packed", lambda *args: calls.append(1) or kernel(*args))
+    qmodel.set_attn_implementation("eager")
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(qmodel, fullgraph=True)
+        out = embed(compiled, tokenizer, SENTENCES)
+        calls.clear()
+        embed(compiled, tokenizer, SENTENCES)
+    finally:
+        torch._dynamo.reset()
+    assert len(calls) == layers
+    # inductor's fused float ops round differently in the last bit, which moves a few int8
+    # activation roundings (README, Export and compile): close to eager, not equal
+    worst = min(cosine(a, b) for a, b in zip(out, eager))
+    assert worst > 0.999, worst
+
+
 def test_dispatch_modes_see_the_operators(kind):
     # Plain eager calls skip the dispatcher (_ops.plain_eager); anything that watches the
     # dispatcher (a TorchDispatchMode: profilers, FlopCounterMode, fake and functional modes)
