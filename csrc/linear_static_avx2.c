@@ -124,7 +124,7 @@ static inline __attribute__((always_inline)) void pass(const mq_linear_static_jo
   __m256i acc[MR][4];
   if (mr == 2) {
     sums_2(job, tile, m0, acc);
-  } else {
+  } else { /* mr == 1: the last row of an odd batch */
     for (int h = 0; h < 4; h++) acc[0][h] = _mm256_setzero_si256();
     for (int64_t q = job->q0; q < job->q1; q++) {
       const __m256i a = bcast4_i16((const int16_t *)job->xs + m0 * job->kp + q * 4);

@@ -159,7 +159,8 @@ static inline __attribute__((always_inline)) void gemm(const mq_linear_static_jo
 
 /* The common pass, two tiles times four rows, with its eight sums and two weights named: written
  * through gemm()'s arrays, GCC copied the sums between registers at every quad and re-read the
- * weights for each row (measured 10-25% slower than the dynamic kernel on MiniLM's layers). */
+ * weights for each row (static ran at 0.88-0.93x of the dynamic kernel on 384x384 at batch
+ * 32-180; benchmarks/RESULTS.md).  gemm() keeps the edge passes (one tile, fewer rows). */
 static void gemm_2x4(const mq_linear_static_job *job, int64_t t, int64_t m0) {
   const int64_t kp = job->kp;
   const uint8_t *w0p = job->tiles + t * job->tile_bytes, *w1p = w0p + job->tile_bytes;
