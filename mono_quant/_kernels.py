@@ -319,14 +319,9 @@ def linear_static(
     return out.reshape(*lead, n)
 
 
-def pack_linear_static(qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
-    """Repack a canonical INT8 weight (``qweight`` int8/uint8 ``[out, in]``, ``scale`` float32
-    ``[out]``, ``zero_point`` int32 ``[out]``) for ``linear_static_packed``: the packed INT8
-    layout of ``pack_linear_int8`` plus one int64 weight sum per row. Do it once per layer.
-
-    >>> packed = pack_linear_static(layer_q, layer_scale, layer_zp)
-    >>> y = linear_static_packed(x, 0.02, 128, False, packed, 32, 64, None)
-    """
+def _check_canonical_int8(qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> tuple[int, int]:
+    """``(out_features, in_features)`` of a canonical INT8 weight about to be packed, or the
+    error that says what is wrong with it (shared by the dynamic and static packers)."""
     if qweight.dtype not in (torch.int8, torch.uint8) or qweight.dim() != 2:
         raise TypeError(
             f"qweight must be a 2-D int8 or uint8 tensor [out_features, in_features]; "
@@ -340,6 +335,18 @@ def pack_linear_static(qweight: torch.Tensor, scale: torch.Tensor, zero_point: t
             f"scale and zero_point need one value per output feature ({n}); "
             f"got {scale.numel()} and {zero_point.numel()}"
         )
+    return n, k
+
+
+def pack_linear_static(qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    """Repack a canonical INT8 weight (``qweight`` int8/uint8 ``[out, in]``, ``scale`` float32
+    ``[out]``, ``zero_point`` int32 ``[out]``) for ``linear_static_packed``: the packed INT8
+    layout of ``pack_linear_int8`` plus one int64 weight sum per row. Do it once per layer.
+
+    >>> packed = pack_linear_static(layer_q, layer_scale, layer_zp)
+    >>> y = linear_static_packed(x, 0.02, 128, False, packed, 32, 64, None)
+    """
+    n, k = _check_canonical_int8(qweight, scale, zero_point)
     if not _use_c(qweight, dtypes=(torch.int8, torch.uint8)):
         return ref.pack_linear_static(qweight.detach(), scale.detach().float().reshape(-1),
                                       zero_point.detach().to(torch.int32).reshape(-1))
@@ -347,6 +354,17 @@ def pack_linear_static(qweight: torch.Tensor, scale: torch.Tensor, zero_point: t
     _C.linear_static_pack(_dl(qweight), _dl(scale.float().reshape(-1)),
                           _dl(zero_point.to(torch.int32).reshape(-1)), _capsule(packed), num_threads())
     return packed
+
+
+def _linear_call_buffers(x: torch.Tensor, n: int, k: int, bias: torch.Tensor | None):
+    """What a packed Linear C call takes besides the weight: ``x`` as a contiguous ``[m, k]``,
+    an empty ``[m, n]`` output of x's dtype, and the bias capsule (or None)."""
+    check_last_dim(x, k)
+    x2 = x.detach().reshape(-1, k)
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    out = torch.empty(x2.shape[0], n, dtype=x.dtype)
+    return x2, out, None if bias is None else _linear_bias(bias)
 
 
 def linear_static_packed(x: torch.Tensor, x_scale: float, x_zp: int, x_symmetric: bool, packed: torch.Tensor,
@@ -359,12 +377,7 @@ def linear_static_packed(x: torch.Tensor, x_scale: float, x_zp: int, x_symmetric
 
     >>> y = linear_static_packed(torch.randn(4, 64), 0.02, 128, False, packed, 32, 64, None)
     """
-    check_last_dim(x, k)
-    x2 = x.detach().reshape(-1, k)
-    if not x2.is_contiguous():
-        x2 = x2.contiguous()
-    out = torch.empty(x2.shape[0], n, dtype=x.dtype)
-    bias_capsule = None if bias is None else _linear_bias(bias)
+    x2, out, bias_capsule = _linear_call_buffers(x, n, k, bias)
     _C.linear_static_packed(_capsule(x2), x_scale, x_zp, x_symmetric, _capsule(packed), n, k, bias_capsule,
                             _capsule(out), num_threads())
     return out.view(*x.shape[:-1], n)
@@ -534,19 +547,7 @@ def pack_linear_int8(qweight: torch.Tensor, scale: torch.Tensor, zero_point: tor
     >>> packed = pack_linear_int8(layer.qweight, layer.scale, layer.zero_point)
     >>> y = linear_int8(x, packed, layer.out_features, layer.in_features, layer.bias)
     """
-    if qweight.dtype not in (torch.int8, torch.uint8) or qweight.dim() != 2:
-        raise TypeError(
-            f"qweight must be a 2-D int8 or uint8 tensor [out_features, in_features]; "
-            f"got {qweight.dtype} with shape {tuple(qweight.shape)}"
-        )
-    n, k = qweight.shape
-    if n < 1 or k < 1:
-        raise ValueError(f"qweight must not be empty; got shape {tuple(qweight.shape)}")
-    if scale.numel() != n or zero_point.numel() != n:
-        raise ValueError(
-            f"scale and zero_point need one value per output feature ({n}); "
-            f"got {scale.numel()} and {zero_point.numel()}"
-        )
+    n, k = _check_canonical_int8(qweight, scale, zero_point)
     if not _use_c(qweight, dtypes=(torch.int8, torch.uint8)):
         return ref.pack_linear_int8(qweight.detach(), scale.detach(), zero_point.detach())
     packed = torch.empty(_C.linear_int8_packed_size(n, k), dtype=torch.uint8)
@@ -635,12 +636,7 @@ def linear_packed(x: torch.Tensor, packed: torch.Tensor, n: int, k: int, group_s
 
     >>> y = linear_packed(torch.randn(4, 64), pack_linear_int8(q, scale, zp), 32, 64, 0, None)
     """
-    check_last_dim(x, k)
-    x2 = x.detach().reshape(-1, k)
-    if not x2.is_contiguous():
-        x2 = x2.contiguous()
-    out = torch.empty(x2.shape[0], n, dtype=x.dtype)
-    bias_capsule = None if bias is None else _linear_bias(bias)
+    x2, out, bias_capsule = _linear_call_buffers(x, n, k, bias)
     if group_size:
         _C.linear_int4(_capsule(x2), _capsule(packed), n, k, group_size, bias_capsule, _capsule(out), num_threads())
     else:
@@ -720,7 +716,19 @@ def linear_path_text() -> str:
 
 
 @contextlib.contextmanager
-def use_linear_gemm_min_batch(m: int) -> Iterator[None]:
+def _c_setting(setter: str, value) -> Iterator[None]:
+    """Inside the ``with`` block, the C core's process-wide setting ``_C.<setter>`` holds
+    ``value`` (the setter returns the previous one, restored on exit): the test hooks below."""
+    if _C is None:
+        raise RuntimeError(f"the C extension mono_quant._C is not built ({_C_IMPORT_ERROR})")
+    before = getattr(_C, setter)(value)
+    try:
+        yield
+    finally:
+        getattr(_C, setter)(before)
+
+
+def use_linear_gemm_min_batch(m: int) -> contextlib.AbstractContextManager[None]:
     """Test and benchmark hook: batches of at least ``m`` rows run the active path's batch
     (GEMM) kernel inside the ``with`` block (``m = 2**62``: never; process-wide, not
     thread-safe). Results agree within the documented tolerance either way.
@@ -728,30 +736,17 @@ def use_linear_gemm_min_batch(m: int) -> Iterator[None]:
     >>> with use_linear_gemm_min_batch(1):
     ...     y = linear_int8(x, packed, 64, 32)
     """
-    if _C is None:
-        raise RuntimeError(f"the C extension mono_quant._C is not built ({_C_IMPORT_ERROR})")
-    before = _C.set_linear_gemm_min_batch(m)
-    try:
-        yield
-    finally:
-        _C.set_linear_gemm_min_batch(before)
+    return _c_setting("set_linear_gemm_min_batch", m)
 
 
-@contextlib.contextmanager
-def use_linear_isa(name: str) -> Iterator[None]:
+def use_linear_isa(name: str) -> contextlib.AbstractContextManager[None]:
     """Test hook: force one quantized Linear path inside a ``with`` block (process-wide, not
     thread-safe). Refuses a path this CPU cannot run.
 
     >>> with use_linear_isa("portable"):
     ...     y = linear_int8(x, packed, 64, 32)
     """
-    if _C is None:
-        raise RuntimeError(f"the C extension mono_quant._C is not built ({_C_IMPORT_ERROR})")
-    before = _C.set_linear_isa(name)
-    try:
-        yield
-    finally:
-        _C.set_linear_isa(before)
+    return _c_setting("set_linear_isa", name)
 
 
 def _linear_input(x: torch.Tensor, packed: torch.Tensor, out_features: int, in_features: int,
@@ -890,20 +885,13 @@ def gptq_isas() -> list[str]:
     return [] if _C is None else list(_C.gptq_isas())
 
 
-@contextlib.contextmanager
-def use_gptq_isa(name: str) -> Iterator[None]:
+def use_gptq_isa(name: str) -> contextlib.AbstractContextManager[None]:
     """Test hook: force one GPTQ inner-loop table inside a ``with`` block (process-wide).
 
     >>> with use_gptq_isa("portable"):
     ...     qweight = gptq_int4(w, v, None, scale, zp, 128)
     """
-    if _C is None:
-        raise RuntimeError(f"the C extension mono_quant._C is not built ({_C_IMPORT_ERROR})")
-    before = _C.set_gptq_isa(name)
-    try:
-        yield
-    finally:
-        _C.set_gptq_isa(before)
+    return _c_setting("set_gptq_isa", name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1014,18 +1002,11 @@ def embedding_isas() -> list[str]:
     return [] if _C is None else list(_C.embedding_isas())
 
 
-@contextlib.contextmanager
-def use_embedding_isa(name: str) -> Iterator[None]:
+def use_embedding_isa(name: str) -> contextlib.AbstractContextManager[None]:
     """Test hook: force one set of embedding loops inside a ``with`` block (process-wide, not
     thread-safe), as ``use_linear_isa``.
 
     >>> with use_embedding_isa("portable"):
     ...     rows = embedding_int8(ids, q, scale, zp)
     """
-    if _C is None:
-        raise RuntimeError(f"the C extension mono_quant._C is not built ({_C_IMPORT_ERROR})")
-    before = _C.set_embedding_isa(name)
-    try:
-        yield
-    finally:
-        _C.set_embedding_isa(before)
+    return _c_setting("set_embedding_isa", name)
