@@ -257,18 +257,23 @@ static int use_batch(const mq_linear_kernels *kern, int64_t m) {
   return kern->int8_batch != NULL && m >= mq_linear_gemm_min_batch(kern);
 }
 
-/* Run every tile of `job` on up to num_threads threads. */
-static void run_job(const mq_linear_job *job, const mq_linear_kernels *kern, int num_threads) {
-  const int64_t tiles = tiles_of(job->n);
-  const int64_t macs_per_tile = MQ_LINEAR_NR * job->kp * job->m;
+int64_t mq_linear_tile_chunk(int64_t tiles, int64_t macs_per_tile, int64_t m, int num_threads, int *parts) {
   const int64_t min_tiles = MQ_LINEAR_MIN_MACS_PER_THREAD / macs_per_tile + 1;
-  const int parts = mq_parallel_parts(tiles, min_tiles, 1, num_threads);
-  int64_t chunk = tiles / ((int64_t)parts * MQ_LINEAR_CHUNKS_PER_THREAD);
+  *parts = mq_parallel_parts(tiles, min_tiles, 1, num_threads);
+  int64_t chunk = tiles / ((int64_t)*parts * MQ_LINEAR_CHUNKS_PER_THREAD);
   if (chunk < min_tiles / 2 + 1) chunk = min_tiles / 2 + 1;
   /* batch passes take two tiles at a time within a chunk (each weight load feeds more
    * rows, each activation broadcast two tiles): an odd chunk leaves single-tile passes,
    * and chunks of one tile (MiniLM's 384-wide layers) had no pairs at all */
-  if (job->m > 1) chunk += chunk & 1;
+  if (m > 1) chunk += chunk & 1;
+  return chunk;
+}
+
+/* Run every tile of `job` on up to num_threads threads. */
+static void run_job(const mq_linear_job *job, const mq_linear_kernels *kern, int num_threads) {
+  const int64_t tiles = tiles_of(job->n);
+  int parts;
+  const int64_t chunk = mq_linear_tile_chunk(tiles, MQ_LINEAR_NR * job->kp * job->m, job->m, num_threads, &parts);
   void (*fn)(const mq_linear_job *, int64_t, int64_t) = job->group ? kern->int4_tiles : kern->int8_tiles;
   /* job->xu is checked too: the threshold hook may move between the driver's two looks */
   if (use_batch(kern, job->m) && (job->xu != NULL || !kern->needs_xu))

@@ -179,6 +179,13 @@ const mq_linear_kernels *mq_linear_active(void);
  *  batch_min_m, unless mq_linear_set_gemm_min_batch overrode it (cpu.c). */
 int64_t mq_linear_gemm_min_batch(const mq_linear_kernels *kern);
 
+/*! mq_linear_tile_chunk() : how the dynamic and static drivers share `tiles` output tiles of
+ *  `macs_per_tile` multiply-adds (batch of m rows) among up to num_threads threads: sets *parts
+ *  (threads to wake; 1 for small jobs) and returns the chunk of tiles a thread claims at a time
+ *  (about 8 per thread, so a preempted thread holds up little; even for m > 1, since the
+ *  batched passes pair tiles inside a chunk). */
+int64_t mq_linear_tile_chunk(int64_t tiles, int64_t macs_per_tile, int64_t m, int num_threads, int *parts);
+
 /* ---- helpers shared by every path ------------------------------------------------------- */
 
 static inline int64_t mq_linear_round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }

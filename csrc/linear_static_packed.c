@@ -14,9 +14,7 @@
 #include "linear_static.h"
 #include "threadpool.h"
 
-#define MQ_LS_MIN_MACS_PER_THREAD (1 << 18) /* as linear.c: below this, one thread */
 #define MQ_LS_MIN_ACT_PER_THREAD (1 << 15)
-#define MQ_LS_CHUNKS_PER_THREAD 8
 
 static int64_t tiles_of(int64_t n) { return (n + MQ_LINEAR_NR - 1) / MQ_LINEAR_NR; }
 
@@ -188,15 +186,9 @@ static void run_tiles(void *ctx, int64_t t0, int64_t t1) {
 
 static void run_job(const mq_linear_static_job *job, const mq_linear_static_kernels *kern, int num_threads) {
   const int64_t tiles = tiles_of(job->n);
-  const int64_t macs_per_tile = MQ_LINEAR_NR * 4 * (job->q1 - job->q0) * job->m;
-  const int64_t min_tiles = MQ_LS_MIN_MACS_PER_THREAD / macs_per_tile + 1;
-  const int parts = mq_parallel_parts(tiles, min_tiles, 1, num_threads);
-  int64_t chunk = tiles / ((int64_t)parts * MQ_LS_CHUNKS_PER_THREAD);
-  if (chunk < min_tiles / 2 + 1) chunk = min_tiles / 2 + 1;
-  /* batch passes take two tiles at a time within a chunk (each weight load feeds more
-   * rows, each activation broadcast two tiles): an odd chunk leaves single-tile passes,
-   * and chunks of one tile (MiniLM's 384-wide layers) had no pairs at all */
-  if (job->m > 1) chunk += chunk & 1;
+  int parts;
+  const int64_t chunk =
+      mq_linear_tile_chunk(tiles, MQ_LINEAR_NR * 4 * (job->q1 - job->q0) * job->m, job->m, num_threads, &parts);
   tiles_ctx tc = {job, kern->tiles};
   mq_parallel_chunks(tiles, chunk, parts, run_tiles, &tc);
 }
