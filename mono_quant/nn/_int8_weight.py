@@ -95,3 +95,14 @@ def check_int8_config(cls_name: str, config) -> None:
         raise ValueError(
             f"{cls_name} holds int8 weights; pass a config with dtype='int8' (got {config.dtype!r})"
         )
+
+
+def int8_linear_shapes(out_features: int, in_features: int, symmetric: bool) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """The canonical tensors of a packed INT8 Linear weight (dynamic and static): name ->
+    (shape, dtype), as saved in files.
+
+    >>> int8_linear_shapes(32, 64, True)["scale"]
+    ((32,), torch.float32)
+    """
+    return {"qweight": ((out_features, in_features), int8_qdtype(symmetric)),
+            "scale": ((out_features,), torch.float32), "zero_point": ((out_features,), torch.int32)}

@@ -62,8 +62,8 @@ class PackedLinearMixin(NoScriptMixin):
 
     A subclass sets ``in_features`` / ``out_features`` and implements ``_canonical_from_packed``
     (canonical tensors of ``self.packed``), ``_pack`` (canonical -> packed, on their device),
-    ``_check_canonical`` (raise ValueError / TypeError for tensors of the wrong kind) and
-    ``_packed_size``.
+    ``_canonical_shapes`` (name -> shape and dtype: what ``_check_canonical`` holds tensors to)
+    and ``_packed_size``.
 
     >>> layer.set_weight(qweight, scale, zero_point)
     >>> layer.state_dict().keys()
@@ -84,8 +84,9 @@ class PackedLinearMixin(NoScriptMixin):
     def _pack(self, qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def _check_canonical(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # pragma: no cover
-        raise NotImplementedError
+    def _check_canonical(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``tensors`` checked against ``_canonical_shapes()`` and converted to those dtypes."""
+        return check_canonical_tensors(type(self).__name__, tensors, self._canonical_shapes())
 
     def _packed_size(self) -> int:  # pragma: no cover (abstract)
         raise NotImplementedError

@@ -12,8 +12,8 @@ from .. import _reference as ref
 from .._int8 import int8_qdtype, quantize_weight_int8
 from ..config import QuantizationConfig
 from ._input_check import check_features, check_float_input
-from ._int8_weight import check_int8_config
-from ._packed_weight import PackedLinearMixin, check_canonical_tensors, needs_autograd
+from ._int8_weight import check_int8_config, int8_linear_shapes
+from ._packed_weight import PackedLinearMixin, needs_autograd
 
 
 class QuantizedLinear(PackedLinearMixin, nn.Module):
@@ -130,9 +130,7 @@ class QuantizedLinear(PackedLinearMixin, nn.Module):
         return ref.linear_int8_packed_size(self.out_features, self.in_features)
 
     def _canonical_shapes(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        n, k = self.out_features, self.in_features
-        return {"qweight": ((n, k), int8_qdtype(self.symmetric)), "scale": ((n,), torch.float32),
-                "zero_point": ((n,), torch.int32)}
+        return int8_linear_shapes(self.out_features, self.in_features, self.symmetric)
 
     def _pack(self, qweight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
         return K.pack_linear_int8(qweight, scale, zero_point)
@@ -142,9 +140,6 @@ class QuantizedLinear(PackedLinearMixin, nn.Module):
         center = 0 if self.symmetric else 128
         return {"qweight": (w + center).to(int8_qdtype(self.symmetric)), "scale": scale.clone(),
                 "zero_point": zero + center}
-
-    def _check_canonical(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return check_canonical_tensors(type(self).__name__, tensors, self._canonical_shapes())
 
     def extra_repr(self) -> str:
         granularity = "per_channel" if self.per_channel else "per_tensor"

@@ -10,7 +10,7 @@ from .. import _kernels
 from .. import _ops as ops
 from .. import _reference as ref
 from ._input_check import check_features, check_float_input
-from ._packed_weight import PackedLinearMixin, check_canonical_tensors, needs_autograd
+from ._packed_weight import PackedLinearMixin, needs_autograd
 
 
 class QuantizedLinearInt4(PackedLinearMixin, nn.Module):
@@ -172,9 +172,6 @@ class QuantizedLinearInt4(PackedLinearMixin, nn.Module):
     def _canonical_from_packed(self) -> dict[str, torch.Tensor]:
         u, scale, zp = ref.unpack_linear_int4(self.packed, self.out_features, self.in_features, self.group_size)
         return {"qweight": _kernels.int4_pack(u), "scale": scale.contiguous(), "zero_point": zp.contiguous()}
-
-    def _check_canonical(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return check_canonical_tensors(type(self).__name__, tensors, self._canonical_shapes())
 
     def extra_repr(self) -> str:
         return (
