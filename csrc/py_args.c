@@ -167,3 +167,17 @@ PyObject *supported_names(const char *const *names, size_t count, int (*supporte
   }
   return list;
 }
+
+int parse_int8_pack_args(PyObject *args, const char *format, mq_view v[4], int64_t *n, int64_t *k, int *threads) {
+  PyObject *o[4];
+  if (!PyArg_ParseTuple(args, format, &o[0], &o[1], &o[2], &o[3], threads)) return -1;
+  static const arg_spec specs[4] = {{"qweight", INT8_DTYPES, 2, 0},
+                                    {"scale", DT(MQ_F32), 1, 0},
+                                    {"zero_point", DT(MQ_I32), 1, 0},
+                                    {"out_packed", DT(MQ_U8), 1, 1}};
+  if (view_args(o, specs, v, 4) < 0) return -1;
+  *n = v[0].shape[0];
+  *k = v[0].shape[1];
+  if (expect_len(&v[1], "scale", *n) < 0 || expect_len(&v[2], "zero_point", *n) < 0) return -1;
+  return 0;
+}

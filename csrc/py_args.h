@@ -37,6 +37,10 @@ int view_args(PyObject *const *objs, const arg_spec *specs, mq_view *views, int 
 /* v holds n values (one per channel), else ValueError naming `name`. */
 int expect_len(const mq_view *v, const char *name, int64_t n);
 int expect_same_shape(const mq_view *a, const char *an, const mq_view *b, const char *bn);
+/* The arguments of an INT8 Linear packer, (qweight[n, k] int8/uint8, scale[n] float32,
+ * zero_point[n] int32, out_packed uint8, threads), parsed with PyArg_ParseTuple `format`
+ * into v[4], n, k and threads (the dynamic and static packers take the same). */
+int parse_int8_pack_args(PyObject *args, const char *format, mq_view v[4], int64_t *n, int64_t *k, int *threads);
 /* A new list of the `count` names for which supported(name) is true (the ISA queries). */
 PyObject *supported_names(const char *const *names, size_t count, int (*supported)(const char *));
 

@@ -47,18 +47,10 @@ PyObject *py_linear_static_packed_size(PyObject *self, PyObject *args) {
 /* linear_static_pack(qweight[n,k], scale[n], zero_point[n], out_packed, threads) */
 PyObject *py_linear_static_pack(PyObject *self, PyObject *args) {
   (void)self;
-  PyObject *o[4];
-  int threads;
-  if (!PyArg_ParseTuple(args, "OOOOi:linear_static_pack", &o[0], &o[1], &o[2], &o[3], &threads))
-    return NULL;
-  static const arg_spec specs[4] = {{"qweight", INT8_DTYPES, 2, 0},
-                                    {"scale", DT(MQ_F32), 1, 0},
-                                    {"zero_point", DT(MQ_I32), 1, 0},
-                                    {"out_packed", DT(MQ_U8), 1, 1}};
   mq_view v[4];
-  if (view_args(o, specs, v, 4) < 0) return NULL;
-  const int64_t n = v[0].shape[0], k = v[0].shape[1];
-  if (expect_len(&v[1], "scale", n) < 0 || expect_len(&v[2], "zero_point", n) < 0) return NULL;
+  int64_t n, k;
+  int threads;
+  if (parse_int8_pack_args(args, "OOOOi:linear_static_pack", v, &n, &k, &threads) < 0) return NULL;
   mq_status st;
   Py_BEGIN_ALLOW_THREADS
   st = mq_linear_static_pack(v[0].data, v[0].dtype, v[1].data, v[2].data, n, k, v[3].data,
