@@ -1,8 +1,9 @@
 /*
  * avx512_store.h : the AVX-512 pieces the Linear kernels share (linear_avx512.c,
  * linear_static_avx512.c, linear_amx.c; include only from files built with AVX-512 flags):
- * a mask of the first `count` lanes, and storing 16 float32 results as float32, float16 or
- * bfloat16 (round to nearest even, NaN stays NaN, as mq_f32_to_bf16 in convert.h).
+ * a mask of the first `count` lanes, loading 16 float32/float16/bfloat16 activations as
+ * float32, and storing 16 float32 results as float32, float16 or bfloat16 (round to nearest
+ * even, NaN stays NaN, as mq_f32_to_bf16 in convert.h).
  */
 #ifndef MQ_AVX512_STORE_H
 #define MQ_AVX512_STORE_H
@@ -17,6 +18,14 @@ static inline __mmask16 mq_mask_first16(int64_t count) {
   if (count >= 16) return (__mmask16)0xffff;
   if (count <= 0) return 0;
   return (__mmask16)((1u << count) - 1u);
+}
+
+/* x[i..i+16) of dtype F32, F16 or BF16 as float32; lanes outside `mask` read nothing and are 0. */
+static inline __m512 mq_load16_f32(const void *x, mq_dtype dtype, int64_t i, __mmask16 mask) {
+  if (dtype == MQ_F32) return _mm512_maskz_loadu_ps(mask, (const float *)x + i);
+  const __m256i h = _mm256_maskz_loadu_epi16(mask, (const uint16_t *)x + i);
+  if (dtype == MQ_F16) return _mm512_cvtph_ps(h);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
 /* The lanes of y under `mask` into out[i..] of dtype out_dtype (F32, F16, else BF16). */

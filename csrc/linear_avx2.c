@@ -13,18 +13,12 @@
  */
 #include <immintrin.h>
 
+#include "avx2_load.h"
 #include "linear.h"
 
 #define MR 2 /* batch rows per pass over a tile (16 ymm registers) */
 
 /* ---- activations -------------------------------------------------------------------------- */
-
-static inline __m256 load8_f32(const void *x, mq_dtype dtype, int64_t i) {
-  if (dtype == MQ_F32) return _mm256_loadu_ps((const float *)x + i);
-  const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)x + i));
-  if (dtype == MQ_F16) return _mm256_cvtph_ps(h);
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
 
 static inline uint32_t hmax_epu32(__m256i v) {
   __m128i m = _mm_max_epu32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -58,7 +52,7 @@ static int quantize_row_avx2(const void *x, mq_dtype dtype, int64_t k, int64_t k
     __m256 v[4];
     __m256i bits = _mm256_setzero_si256();
     for (int j = 0; j < 4; j++) {
-      v[j] = load8_f32(src, dtype, 8 * j);
+      v[j] = mq_load8_f32(src, dtype, 8 * j);
       bits = _mm256_max_epu32(bits, _mm256_and_si256(_mm256_castps_si256(v[j]), abs_mask));
     }
     const uint32_t amax_bits = hmax_epu32(bits);

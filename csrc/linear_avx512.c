@@ -19,21 +19,14 @@
 
 /* ---- activations -------------------------------------------------------------------------- */
 
-static inline __m512 load16_f32(const void *x, mq_dtype dtype, int64_t i, __mmask16 mask) {
-  if (dtype == MQ_F32) return _mm512_maskz_loadu_ps(mask, (const float *)x + i);
-  const __m256i h = _mm256_maskz_loadu_epi16(mask, (const uint16_t *)x + i);
-  if (dtype == MQ_F16) return _mm512_cvtph_ps(h);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
 static int quantize_row_avx512(const void *x, mq_dtype dtype, int64_t k, int64_t kp, int8_t *xq,
                                float *d, int32_t *asum) {
   const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
   const __m512i qlo = _mm512_set1_epi32(-127), qhi = _mm512_set1_epi32(127);
   for (int64_t b = 0; b < kp / MQ_LINEAR_QK; b++) {
     const int64_t i0 = b * MQ_LINEAR_QK;
-    const __m512 v0 = load16_f32(x, dtype, i0, mq_mask_first16(k - i0));
-    const __m512 v1 = load16_f32(x, dtype, i0 + 16, mq_mask_first16(k - i0 - 16));
+    const __m512 v0 = mq_load16_f32(x, dtype, i0, mq_mask_first16(k - i0));
+    const __m512 v1 = mq_load16_f32(x, dtype, i0 + 16, mq_mask_first16(k - i0 - 16));
     const __m512i bits = _mm512_max_epu32(_mm512_and_si512(_mm512_castps_si512(v0), abs_mask),
                                           _mm512_and_si512(_mm512_castps_si512(v1), abs_mask));
     const uint32_t amax_bits = _mm512_reduce_max_epu32(bits);

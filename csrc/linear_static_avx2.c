@@ -16,18 +16,12 @@
 #include <math.h>
 #include <string.h>
 
+#include "avx2_load.h"
 #include "linear_static.h"
 
 #define MR 2 /* batch rows per pass over a tile: 8 sums, 2 activations, 1 weight, 1 product */
 
 /* ---- input quantization ------------------------------------------------------------------- */
-
-static inline __m256 load8_f32(const void *x, mq_dtype dtype, int64_t i) {
-  if (dtype == MQ_F32) return _mm256_loadu_ps((const float *)x + i);
-  const __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)x + i));
-  if (dtype == MQ_F16) return _mm256_cvtph_ps(h);
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
 
 static inline int64_t hsum_epi32(__m256i v) {
   int32_t s[8];
@@ -48,7 +42,7 @@ static int quantize_row_avx2(const void *x, mq_dtype dtype, int64_t k, int64_t k
   __m256i vsum = _mm256_setzero_si256(), bad = _mm256_setzero_si256();
   int64_t total = 0, i = 0;
   for (; i + 8 <= k; i += 8) {
-    const __m256 v = load8_f32(x, dtype, i);
+    const __m256 v = mq_load8_f32(x, dtype, i);
     /* |v| >= inf as integers (signed compare is right: both sides are below 2^31) */
     bad = _mm256_or_si256(bad, _mm256_cmpgt_epi32(_mm256_and_si256(_mm256_castps_si256(v), abs_mask),
                                                   _mm256_sub_epi32(inf_bits, _mm256_set1_epi32(1))));

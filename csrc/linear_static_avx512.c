@@ -16,13 +16,6 @@
 
 #define MR 4 /* batch rows per pass over a pair of tiles, as linear_avx512.c */
 
-static inline __m512 load16_f32(const void *x, mq_dtype dtype, int64_t i, __mmask16 mask) {
-  if (dtype == MQ_F32) return _mm512_maskz_loadu_ps(mask, (const float *)x + i);
-  const __m256i h = _mm256_maskz_loadu_epi16(mask, (const uint16_t *)x + i);
-  if (dtype == MQ_F16) return _mm512_cvtph_ps(h);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
 /* ---- input quantization ------------------------------------------------------------------- */
 
 static int quantize_row_avx512(const void *x, mq_dtype dtype, int64_t k, int64_t kp, float scale,
@@ -36,7 +29,7 @@ static int quantize_row_avx512(const void *x, mq_dtype dtype, int64_t k, int64_t
   int64_t total = 0;
   for (int64_t i = 0; i < kp; i += 16) {
     const __mmask16 mask = mq_mask_first16(k - i);
-    const __m512 v = load16_f32(x, dtype, i, mask);
+    const __m512 v = mq_load16_f32(x, dtype, i, mask);
     const __m512i bits = _mm512_and_si512(_mm512_castps_si512(v), abs_mask);
     if (_mm512_cmpge_epu32_mask(bits, inf_bits)) return 0;
     /* int8.c's quantize_value: division, clamp to +-1024, round half to even, + zs, clamp */
