@@ -15,33 +15,23 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
-import re
 import statistics
 import sys
 import tempfile
-import time
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _common import cpu_name, median_seconds, write_section  # noqa: E402
 from mono_quant import _kernels as K  # noqa: E402
 from mono_quant import dynamic_quantize, save_quantized  # noqa: E402
 from mono_quant.demo import SENTENCES, cosine_to_reference, embed, load_minilm  # noqa: E402
 from mono_quant.nn import QuantizedEmbedding, QuantizedEmbeddingBag  # noqa: E402
 
 TARGET_MB, TARGET_COSINE = 25.0, 0.999
-BEGIN, END = "<!-- bench_embeddings begin -->", "<!-- bench_embeddings end -->"
 MB = 1e6  # the 23 MB / 58.8 MB are decimal megabytes
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def file_mb(model, info) -> float:
@@ -74,14 +64,6 @@ def accuracy_rows(model, tokenizer) -> list[dict]:
     return rows
 
 
-def _median_us(fn, calls: int) -> float:
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e6 * statistics.median(times)
-
 
 def speed_rows(model, rounds: int, calls: int, thread_counts: list[int]) -> list[tuple[str, int, float, float]]:
     table = model.embeddings.word_embeddings
@@ -108,8 +90,8 @@ def speed_rows(model, rounds: int, calls: int, thread_counts: list[int]) -> list
                 for threads in thread_counts:
                     torch.set_num_threads(threads)
                     for name, fp32, int8 in cases:
-                        cells.setdefault((name, threads, 0), []).append(_median_us(fp32, calls))
-                        cells.setdefault((name, threads, 1), []).append(_median_us(int8, calls))
+                        cells.setdefault((name, threads, 0), []).append(1e6 * median_seconds(fp32, calls))
+                        cells.setdefault((name, threads, 1), []).append(1e6 * median_seconds(int8, calls))
     finally:
         torch.set_num_threads(before)
     return [(name, threads, statistics.median(cells[(name, threads, 0)]), statistics.median(cells[(name, threads, 1)]))
@@ -119,7 +101,6 @@ def speed_rows(model, rounds: int, calls: int, thread_counts: list[int]) -> list
 def report(args, rows, speeds, load_before, load_after) -> str:
     command = "python benchmarks/bench_embeddings.py" + (f" --write {args.write}" if args.write else "")
     lines = [
-        BEGIN,
         "## Quantized embeddings on MiniLM-L6 (`quantize_embeddings=True`)",
         "",
         f"Command: `{command}`  ",
@@ -149,16 +130,9 @@ def report(args, rows, speeds, load_before, load_after) -> str:
     lines += ["", "| target | measured | met |", "|---|---:|---|",
               f"| INT8 + quantized embeddings: file <= {TARGET_MB:g} MB | {best['mb']:.1f} MB | {'yes' if met_size else 'NO'} |",
               f"| INT8 + quantized embeddings: mean cosine vs fp32 >= {TARGET_COSINE} | {best['cos'][0]:.5f} | "
-              f"{'yes' if met_cos else 'NO'} |", END]
+              f"{'yes' if met_cos else 'NO'} |"]
     return "\n".join(lines) + "\n"
 
-
-def write_section(path: str, text: str) -> None:
-    old = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END) + "\n?", re.S)
-    new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(new)
 
 
 def main() -> int:
@@ -174,7 +148,7 @@ def main() -> int:
     text = report(args, rows, speeds, load_before, os.getloadavg()[0])
     print(text)
     if args.write:
-        write_section(args.write, text)
+        write_section(args.write, "bench_embeddings", text)
     return 0
 
 

@@ -31,6 +31,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+from _common import write_section  # noqa: E402
 sys.path.insert(0, HERE)
 from gptq_sentences import CALIBRATION_SENTENCES, EVAL_SENTENCES  # noqa: E402
 
@@ -41,7 +42,6 @@ from mono_quant.demo_static import calibration_batches  # noqa: E402
 
 GROUP_SIZES = (32, 64, 128)
 BUDGET = 4.6  # bits per weight for the mixed precision rows
-MARK_BEGIN, MARK_END = "<!-- bench_gptq begin -->", "<!-- bench_gptq end -->"
 
 
 def configurations(budget: float) -> list[tuple[str, str, dict]]:
@@ -209,18 +209,6 @@ def _met(ok: bool, by: float, unit: str = "") -> str:
     return "yes" if ok else f"NO (by {abs(by):.4g}{unit})"
 
 
-def write_section(path: str, text: str) -> None:
-    """Replace this benchmark's section of ``path`` (between its markers), or append it."""
-    old = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
-    block = f"{MARK_BEGIN}\n{text}\n{MARK_END}\n"
-    if MARK_BEGIN in old and MARK_END in old:
-        head, rest = old.split(MARK_BEGIN, 1)
-        new = head + block + rest.split(MARK_END, 1)[1].lstrip("\n")
-    else:
-        new = old.rstrip("\n") + "\n\n" + block
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(new)
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -248,7 +236,7 @@ def main() -> None:
     text = markdown(rows, twin, meta, args.budget)
     print(text)
     if args.write:
-        write_section(args.write, text)
+        write_section(args.write, "bench_gptq", text)
 
 
 if __name__ == "__main__":

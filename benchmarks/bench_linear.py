@@ -38,7 +38,6 @@ import argparse
 import datetime
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _common import cpu_name, write_section  # noqa: E402
 from mono_quant import _kernels as K  # noqa: E402
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
@@ -324,24 +324,10 @@ def main() -> None:
             with open(args.out, "a") as f:
                 f.write("\n" + text)
         else:
-            write_section(args.out, text)
+            write_section(args.out, "bench_linear", text, first=True)
 
 
-MARK_BEGIN, MARK_END = "<!-- bench_linear begin -->", "<!-- bench_linear end -->"
 
-
-def write_section(path: str, text: str) -> None:
-    """Replace this benchmark's section of ``path`` (between its markers; before the markers
-    existed, the file's top up to the next benchmark's heading), or put it first."""
-    old = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
-    block = f"{MARK_BEGIN}\n{text.rstrip()}\n{MARK_END}\n"
-    if MARK_BEGIN in old and MARK_END in old:
-        head, rest = old.split(MARK_BEGIN, 1)
-        new = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        new = block + "\n" + old
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(new)
 
 
 def report(rows, steady, bws, threads, repeats, args, load_before, load_after) -> str:
@@ -356,12 +342,7 @@ def report(rows, steady, bws, threads, repeats, args, load_before, load_after) -
     pool = os.environ.get("MONO_QUANT_THREADPOOL")
     cmd = (f"OMP_WAIT_POLICY={omp} " if omp else "") + (f"MONO_QUANT_THREADPOOL={pool} " if pool else "") + "python benchmarks/bench_linear.py" + (
         " --quick" if args.quick else "") + (" --append" if args.append else "")
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     out = [
         "# Quantized Linear forward: mono_quant vs torch (CPU)" + (f", OMP_WAIT_POLICY={omp}" if omp else "")
         + (f", MONO_QUANT_THREADPOOL={pool}" if pool else ""),

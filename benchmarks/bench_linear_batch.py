@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _common import cpu_name  # noqa: E402
 from mono_quant import _kernels as K  # noqa: E402
 
 SHAPES = [(4096, 4096), (11008, 4096), (384, 1536), (1536, 384)]
@@ -31,13 +31,6 @@ BATCHES = [1, 4, 8, 16, 32, 64, 180]
 GROUP = 128
 NEVER = 2**62
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def layers(n: int, k: int, gen: torch.Generator) -> dict[str, tuple]:

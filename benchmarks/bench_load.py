@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,23 +35,13 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _common import cpu_name, write_section  # noqa: E402
 from mono_quant import _kernels as K  # noqa: E402
 
-MARK_BEGIN, MARK_END = "<!-- bench_load begin -->", "<!-- bench_load end -->"
 N = K_IN = 4096
 GROUP = 128
 COPIES = 4  # distinct layers per contender, so no call runs from cache
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def contenders() -> list[tuple[str, bool, list, Callable]]:
@@ -150,18 +139,6 @@ def targets(quiet: dict, loaded: dict, batches: list[int]) -> list[str]:
     return out
 
 
-def write_section(path: str, text: str) -> None:
-    """Replace this benchmark's section of ``path`` (between its markers), or append it."""
-    old = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
-    block = f"{MARK_BEGIN}\n{text}\n{MARK_END}\n"
-    if MARK_BEGIN in old and MARK_END in old:
-        head, rest = old.split(MARK_BEGIN, 1)
-        new = head + block + rest.split(MARK_END, 1)[1].lstrip("\n")
-    else:
-        new = old.rstrip("\n") + "\n\n" + block
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(new)
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -201,7 +178,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write:
-        write_section(args.write, text)
+        write_section(args.write, "bench_load", text)
 
 
 if __name__ == "__main__":

@@ -26,16 +26,15 @@ import argparse
 import copy
 import datetime
 import os
-import platform
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _common import cpu_name, median_seconds  # noqa: E402
 import mono_quant  # noqa: E402
 from mono_quant import _kernels as K  # noqa: E402
 from mono_quant.demo import SENTENCES, load_minilm  # noqa: E402
@@ -56,13 +55,6 @@ VARIED = (
     "Rain again. Grey skies, cold coffee, and a long queue at the bus stop.",
 )
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def build(model, tokenizer) -> dict[str, torch.nn.Module]:
@@ -176,14 +168,6 @@ def ort_runner(session):
                                                       {n: batch[n].numpy() for n in names})[0])
 
 
-def median_ms(fn, calls: int) -> float:
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -239,10 +223,10 @@ def main() -> None:
         for size, batch in batches.items():
             calls = args.calls if size == 1 else max(3, args.calls // 3)
             for row in order:  # warm up
-                median_ms(lambda: runners[row](batch), 3)
+                1000.0 * median_seconds(lambda: runners[row](batch), 3)
             for _ in range(args.rounds):
                 for row in order:
-                    cells.setdefault((row, size), []).append(median_ms(lambda: runners[row](batch), calls))
+                    cells.setdefault((row, size), []).append(1000.0 * median_seconds(lambda: runners[row](batch), calls))
     load_after = os.getloadavg()[0]
     ms = {key: statistics.median(v) for key, v in cells.items()}
     tokens = {size: int(b["input_ids"].shape[1]) for size, b in batches.items()}

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _common import cpu_name  # noqa: E402
 from mono_quant import _kernels as K  # noqa: E402
 from mono_quant.nn import QuantizedLinear, StaticQuantizedLinear  # noqa: E402
 
@@ -44,18 +45,6 @@ MINILM = [(384, 384), (1536, 384), (384, 1536)]  # attention, FFN up, FFN down
 BATCHES = (1, 8, 32, 180)  # 180 = MiniLM batch 12 x 15 tokens
 CONTENDERS = ("fp32", "dynamic int8", "static int8")
 
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 CLOCK = time.perf_counter  # or time.thread_time (--clock cpu)
