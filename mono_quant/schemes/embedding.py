@@ -20,14 +20,14 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .. import _kernels as K
 from .._int8 import dequantize_weight_int8, quantize_weight_int8
-from .._layers import dtype_name, int8_bits_per_weight, own_tensors, state_kind, tensor_bytes
+from .._layers import dtype_name, own_tensors, state_kind, tensor_bytes
 from ..info import LayerInfo
 from ..nn import QuantizedEmbedding, QuantizedEmbeddingBag
 from ..nn._embedding_table import unsupported_options
 from ..nn.qembedding import table_options
 from .base import Scheme
+from .int8 import int8_layer_info
 
 EMBEDDING_TYPES = (nn.Embedding, nn.EmbeddingBag)
 
@@ -82,23 +82,6 @@ class EmbeddingScheme(Scheme):
 
     def _record(self, name, module_type, weight, dequantize, before, after, qdtype) -> LayerInfo:
         symmetric, per_channel = table_options(self.config, None)
-        granularity = "per-row" if per_channel else "per-tensor"
-        symmetry = "symmetric" if symmetric else "asymmetric"
-        sqnr = K.sqnr(weight, dequantize(torch.float32)) if self.config.compute_sqnr else None
-        return LayerInfo(
-            name=name,
-            module_type=module_type,
-            scheme=f"{dtype_name(qdtype)} {granularity} {symmetry}",
-            dtype=dtype_name(qdtype),
-            shape=tuple(weight.shape),
-            bytes_before=before,
-            bytes_after=after,
-            sqnr_db=sqnr,
-            details={
-                "per_channel": per_channel,
-                "symmetric": symmetric,
-                "weight_dtype": dtype_name(weight.dtype),
-                "bias": False,
-                "bits_per_weight": int8_bits_per_weight(tuple(weight.shape), per_channel),
-            },
-        )
+        return int8_layer_info(name, module_type, weight, dequantize, before, after, qdtype, symmetric=symmetric,
+                               per_channel=per_channel, has_bias=False, compute_sqnr=self.config.compute_sqnr,
+                               channel="row")

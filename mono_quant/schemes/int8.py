@@ -115,23 +115,38 @@ class Int8Scheme(Scheme):
 
     def _record(self, name, module_type, weight, dequantize, before, after, qdtype, has_bias) -> LayerInfo:
         cfg = self.config
-        granularity = "per-channel" if cfg.per_channel else "per-tensor"
-        symmetry = "symmetric" if cfg.symmetric else "asymmetric"
-        sqnr = K.sqnr(weight, dequantize(torch.float32)) if cfg.compute_sqnr else None
-        return LayerInfo(
-            name=name,
-            module_type=module_type,
-            scheme=f"{dtype_name(qdtype)} {granularity} {symmetry}",
-            dtype=dtype_name(qdtype),
-            shape=tuple(weight.shape),
-            bytes_before=before,
-            bytes_after=after,
-            sqnr_db=sqnr,
-            details={
-                "per_channel": cfg.per_channel,
-                "symmetric": cfg.symmetric,
-                "weight_dtype": dtype_name(weight.dtype),
-                "bias": has_bias,
-                "bits_per_weight": int8_bits_per_weight(tuple(weight.shape), cfg.per_channel),
-            },
-        )
+        return int8_layer_info(name, module_type, weight, dequantize, before, after, qdtype,
+                               symmetric=cfg.symmetric, per_channel=cfg.per_channel, has_bias=has_bias,
+                               compute_sqnr=cfg.compute_sqnr)
+
+
+def int8_layer_info(name: str, module_type: str, weight: torch.Tensor, dequantize, before: int, after: int,
+                    qdtype: torch.dtype, *, symmetric: bool, per_channel: bool, has_bias: bool, compute_sqnr: bool,
+                    channel: str = "channel") -> LayerInfo:
+    """The report line of a layer whose weight became INT8 (Linear, Conv2d, embedding tables:
+    ``channel="row"``): scheme, sizes, SQNR of ``dequantize(torch.float32)`` against ``weight``.
+
+    >>> int8_layer_info("fc", "Linear", w, layer.dequantized_weight, 4096, 1088, torch.int8,
+    ...                 symmetric=True, per_channel=True, has_bias=True, compute_sqnr=True).scheme
+    'int8 per-channel symmetric'
+    """
+    granularity = f"per-{channel}" if per_channel else "per-tensor"
+    symmetry = "symmetric" if symmetric else "asymmetric"
+    sqnr = K.sqnr(weight, dequantize(torch.float32)) if compute_sqnr else None
+    return LayerInfo(
+        name=name,
+        module_type=module_type,
+        scheme=f"{dtype_name(qdtype)} {granularity} {symmetry}",
+        dtype=dtype_name(qdtype),
+        shape=tuple(weight.shape),
+        bytes_before=before,
+        bytes_after=after,
+        sqnr_db=sqnr,
+        details={
+            "per_channel": per_channel,
+            "symmetric": symmetric,
+            "weight_dtype": dtype_name(weight.dtype),
+            "bias": has_bias,
+            "bits_per_weight": int8_bits_per_weight(tuple(weight.shape), per_channel),
+        },
+    )
