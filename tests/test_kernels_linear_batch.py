@@ -24,7 +24,9 @@ import torch
 
 from mono_quant import _kernels as K
 
-from test_linear_kernels import check, dequant_int4, dequant_int8, make_int4, make_int8, small_int4, small_int8
+from test_linear_kernels import (
+    assert_thread_count_free, check, dequant_int4, dequant_int8, make_int4, make_int8, small_int4, small_int8,
+)
 
 pytestmark = pytest.mark.skipif(not K.c_available(), reason="mono_quant._C is not built")
 
@@ -121,21 +123,7 @@ def test_tiles_take_a_huge_row_among_ordinary_ones(isa):
 
 @pytest.mark.parametrize("isa", TILE_PATHS)
 def test_tiles_do_not_depend_on_thread_count(isa):
-    gen = torch.Generator().manual_seed(24)
-    n, k, g = 200, 1024, 64  # enough tiles for several threads
-    p8 = K.pack_linear_int8(*make_int8(n, k, False, gen))
-    p4 = K.pack_linear_int4(*make_int4(n, k, g, False, gen), g)
-    x = torch.randn(20, k, generator=gen).to(torch.bfloat16)
-    before = torch.get_num_threads()
-    outs = []
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            outs.append((run(isa, K.linear_int8, x, p8, n, k), run(isa, K.linear_int4, x, p4, n, k, g)))
-    finally:
-        torch.set_num_threads(before)
-    for y8, y4 in outs[1:]:
-        assert torch.equal(y8, outs[0][0]) and torch.equal(y4, outs[0][1])
+    assert_thread_count_free(run, isa, batch=20, seed=24)
 
 
 @pytest.mark.parametrize("isa", TILE_PATHS)

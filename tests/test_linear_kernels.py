@@ -362,23 +362,29 @@ def test_empty_batch_and_strided_input():
     assert torch.equal(K.linear_int8(xt, packed, n, k), K.linear_int8(xt.contiguous(), packed, n, k))
 
 
-@pytest.mark.parametrize("isa", ISAS)
-def test_results_do_not_depend_on_thread_count(isa):
-    gen = torch.Generator().manual_seed(7)
-    n, k, g = 200, 1024, 64  # large enough that 2+ threads are used
+def assert_thread_count_free(run_fn, isa: str, batch: int, seed: int) -> None:
+    """INT8 and INT4 outputs of a 200x1024 layer (enough tiles for several threads) are the
+    same bits with 1, 2 and 3 threads; ``run_fn(isa, fn, *args)`` picks the path."""
+    gen = torch.Generator().manual_seed(seed)
+    n, k, g = 200, 1024, 64
     p8 = K.pack_linear_int8(*make_int8(n, k, False, gen))
     p4 = K.pack_linear_int4(*make_int4(n, k, g, False, gen), g)
-    x = torch.randn(6, k, generator=gen).to(torch.bfloat16)
+    x = torch.randn(batch, k, generator=gen).to(torch.bfloat16)
     before = torch.get_num_threads()
     outs = []
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            outs.append((run(isa, K.linear_int8, x, p8, n, k), run(isa, K.linear_int4, x, p4, n, k, g)))
+            outs.append((run_fn(isa, K.linear_int8, x, p8, n, k), run_fn(isa, K.linear_int4, x, p4, n, k, g)))
     finally:
         torch.set_num_threads(before)
     for y8, y4 in outs[1:]:
         assert torch.equal(y8, outs[0][0]) and torch.equal(y4, outs[0][1])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_results_do_not_depend_on_thread_count(isa):
+    assert_thread_count_free(run, isa, batch=6, seed=7)
 
 
 def test_reference_backend_runs_the_twin():
