@@ -197,10 +197,14 @@ static inline void mq_linear_store_rows(const mq_linear_job *job, int64_t m, int
   for (int64_t r = 0; r < rows; r++) mq_store_f32(job->out, job->out_dtype, base + r, y[r]);
 }
 
-/* Rows of tile t that are real (the last tile may be partial). */
-static inline int64_t mq_linear_tile_rows(const mq_linear_job *job, int64_t t) {
-  const int64_t left = job->n - t * MQ_LINEAR_NR;
+/* Rows of tile t of an n-row weight that are real (the last tile may be partial). */
+static inline int64_t mq_linear_rows_in_tile(int64_t n, int64_t t) {
+  const int64_t left = n - t * MQ_LINEAR_NR;
   return left < MQ_LINEAR_NR ? left : MQ_LINEAR_NR;
+}
+
+static inline int64_t mq_linear_tile_rows(const mq_linear_job *job, int64_t t) {
+  return mq_linear_rows_in_tile(job->n, t);
 }
 
 #endif /* MQ_LINEAR_H */

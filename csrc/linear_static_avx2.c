@@ -130,7 +130,7 @@ static inline __attribute__((always_inline)) void pass(const mq_linear_static_jo
   }
   /* epilogue (linear_static.h), wrapping int32 */
   const int64_t n0 = t * MQ_LINEAR_NR;
-  const int64_t rows = job->n - n0 < MQ_LINEAR_NR ? job->n - n0 : MQ_LINEAR_NR;
+  const int64_t rows = mq_linear_rows_in_tile(job->n, t);
   mq_linear_int8_tile_tail tail;
   memcpy(&tail, tile + job->nb * MQ_LINEAR_INT8_BLOCK_BYTES, sizeof tail);
   int32_t zq[MQ_LINEAR_NR];

@@ -68,7 +68,7 @@ static inline tile_consts consts_of(const mq_linear_static_job *job, const uint8
   const uint8_t *tail = tile + job->nb * MQ_LINEAR_INT8_BLOCK_BYTES; /* mq_linear_int8_tile_tail */
   tile_consts c;
   c.n0 = t * MQ_LINEAR_NR;
-  c.rows = job->n - c.n0 < MQ_LINEAR_NR ? job->n - c.n0 : MQ_LINEAR_NR;
+  c.rows = mq_linear_rows_in_tile(job->n, t);
   c.zw = _mm512_add_epi32(_mm512_loadu_si512(tail + 64), _mm512_set1_epi32(128));
   /* qsum mod 2^32 (the wrapping sum of linear_static.h): the low halves of 16 int64 */
   const __m256i q_lo = _mm512_cvtepi64_epi32(_mm512_loadu_si512(job->qsum + c.n0));

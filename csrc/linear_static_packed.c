@@ -105,7 +105,7 @@ static void tiles_portable(const mq_linear_static_job *job, int64_t t0, int64_t 
     mq_linear_int8_tile_tail tail;
     memcpy(&tail, tile + nb * MQ_LINEAR_INT8_BLOCK_BYTES, sizeof tail);
     const int64_t n0 = t * MQ_LINEAR_NR;
-    const int64_t rows = job->n - n0 < MQ_LINEAR_NR ? job->n - n0 : MQ_LINEAR_NR;
+    const int64_t rows = mq_linear_rows_in_tile(job->n, t);
     float ws[MQ_LINEAR_NR];
     for (int r = 0; r < MQ_LINEAR_NR; r++) ws[r] = job->x_scale * tail.scale[r];
     for (int64_t m = 0; m < job->m; m++) {
